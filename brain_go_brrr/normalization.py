@@ -8,7 +8,7 @@ __all__ = ['FORMAT', 'METHOD', 'PREPROCESSING', 'FP16_MAX', 'CHECKED_PROVENANCE'
            'audit_norm', 'plot_audit', 'sample_windows', 'audit_cache', 'NormalizationMismatch', 'gate_normalization',
            'norm_stats_cli', 'audit_norm_cli']
 
-# %% ../nbs/05_normalization.ipynb #3b4a1451
+# %% ../nbs/05_normalization.ipynb #ff05b924
 import argparse, json, math, sys, warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .signal import window_starts
 
-# %% ../nbs/05_normalization.ipynb #752c556f
+# %% ../nbs/05_normalization.ipynb #79c2a136
 class RunningStats:
     "Per-channel count, mean, sum of squared deviations (float64), max |x| and non-finite count, merged chunk by chunk."
     def __init__(self, n_channels: int):
@@ -65,17 +65,17 @@ class RunningStats:
         out.max_abs[:] = self.max_abs.max(initial=0.0)
         return out
 
-# %% ../nbs/05_normalization.ipynb #ba049c84
+# %% ../nbs/05_normalization.ipynb #381e50d5
 FORMAT = 'brain_go_brrr.norm_stats/1'
 METHOD = 'per-channel population mean and std (ddof 0) of every cached sample, float64, chunked two-pass + Chan merge'
 
 class NoProvenanceWarning(UserWarning):
     "A statistics file that cannot say what unit, corpus or channels it describes."
 
-def _regenerate_hint(out='stats.json') -> str:
-    return f'python -m brain_go_brrr norm-stats --cache-dir CACHE --out {out}'
+def _regenerate_hint(cache_dir='CACHE', out='stats.json') -> str:
+    return f'python -m brain_go_brrr norm-stats --cache-dir {cache_dir} --out {out}'
 
-# %% ../nbs/05_normalization.ipynb #1c361141
+# %% ../nbs/05_normalization.ipynb #8fe55ede
 @dataclass
 class NormStats:
     "Per-channel (or legacy scalar) mean and std, with the provenance that says what data they describe."
@@ -137,21 +137,21 @@ class NormStats:
         "Read a statistics file: the current format, or the legacy `{mean, std}` pair with a `NoProvenanceWarning`."
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f'{path}: no statistics file there; create one with `{_regenerate_hint(path)}`')
+            raise FileNotFoundError(f'{path}: no statistics file there; create one with `{_regenerate_hint(out=path)}`')
         try: d = json.loads(path.read_text())
         except json.JSONDecodeError as e: raise ValueError(f'{path}: not valid JSON ({e})') from None
         if not isinstance(d, dict) or not {'mean', 'std'} <= d.keys():
-            raise ValueError(f"{path}: a statistics file needs the fields 'mean' and 'std'; recreate it with `{_regenerate_hint(path)}`")
+            raise ValueError(f"{path}: a statistics file needs the fields 'mean' and 'std'; recreate it with `{_regenerate_hint(out=path)}`")
         if 'format' not in d:
             warnings.warn(f'{path}: legacy statistics (only mean and std): no unit, corpus, split or channels, so the '
-                          f'audit can check only their scale. Regenerate them with `{_regenerate_hint(path)}`.',
+                          f'audit can check only their scale. Regenerate them with `{_regenerate_hint()}`.',
                           NoProvenanceWarning, stacklevel=2)
             return cls(d['mean'], d['std'], path=str(path))
         if d['format'] != FORMAT:
-            raise ValueError(f"{path}: format {d['format']!r} is not {FORMAT!r}; recreate it with `{_regenerate_hint(path)}`")
+            raise ValueError(f"{path}: format {d['format']!r} is not {FORMAT!r}; recreate it with `{_regenerate_hint(out=path)}`")
         return cls(d['mean'], d['std'], d.get('unit'), d.get('channels'), d.get('n_samples'), d.get('provenance') or {}, str(path))
 
-# %% ../nbs/05_normalization.ipynb #b1440f35
+# %% ../nbs/05_normalization.ipynb #a2caa9a5
 def _open_cache(cache):
     "A cache object from a cache or its folder."
     if hasattr(cache, 'config') and hasattr(cache, 'recordings'): return cache
@@ -182,8 +182,10 @@ def compute_norm_stats(cache, chunk_samples: int = 2**16) -> NormStats:
         'created': datetime.now(timezone.utc).isoformat(timespec='seconds'), 'version': __version__, 'method': METHOD}
     return NormStats(acc.mean, acc.std, cfg.get('unit'), list(cfg['channels']), int(acc.count[0]), provenance)
 
-# %% ../nbs/05_normalization.ipynb #96b752ef
+# %% ../nbs/05_normalization.ipynb #4188a963
 FP16_MAX = 65504.0
+def _fmt(v: float) -> str: return f'{v:,.0f}' if 1e3 <= abs(v) < 1e9 else f'{v:.4g}'
+
 CHECKED_PROVENANCE = ('corpus', 'unit', 'sfreq', 'montage', 'channels', 'l_freq', 'h_freq', 'notch')
 PRECISIONS = ('fp16', 'bf16', 'fp32')
 
@@ -225,14 +227,12 @@ class AuditReport:
 
     def summary(self) -> str:
         "One line for the log."
-        num = lambda v, spec: 'n/a' if v is None or not math.isfinite(v) else format(v, spec)
-        return (f'normalization audit: {self.verdict}; amplification {num(self.amplification, ",.4g")}, '
-                f'mean shift {num(self.mean_shift, "+.3g")}, max |x| {num(self.max_abs, ",.4g")} over '
+        num = lambda v, fmt=_fmt: 'n/a' if v is None or not math.isfinite(v) else fmt(v)
+        return (f'normalization audit: {self.verdict}; amplification {num(self.amplification)}, '
+                f'mean shift {num(self.mean_shift, lambda v: f"{v:+.3g}")}, max |x| {num(self.max_abs)} over '
                 f'{self.n_windows} windows ({self.stats_path or "statistics in memory"})')
 
-# %% ../nbs/05_normalization.ipynb #a201d748
-def _fmt(v: float) -> str: return f'{v:,.0f}' if 1e3 <= abs(v) < 1e9 else f'{v:.4g}'
-
+# %% ../nbs/05_normalization.ipynb #fe5f13cc
 def _same(a, b) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)): return math.isclose(a, b, rel_tol=1e-6)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)): return list(a) == list(b)
@@ -250,23 +250,23 @@ def _unit_factor(ratio: float) -> int | None:
     e = math.log10(ratio)
     return next((int(math.copysign(k, e)) for k in (3, 6) if abs(abs(e) - k) <= math.log10(3)), None)
 
-# %% ../nbs/05_normalization.ipynb #485c8021
-def _nonfinite_reasons(stats, raw, z, channels) -> list[str]:
+# %% ../nbs/05_normalization.ipynb #b73b16b5
+def _nonfinite_reasons(stats, raw, z, channels, hint) -> list[str]:
     out, name = [], lambda idx, names: ', '.join(names[i] for i in idx)
     bad = np.atleast_1d(~np.isfinite(stats.mean) | ~(stats.std > 0))
     if bad.any():
         which = 'the scalar pair' if stats.n_channels is None else name(np.flatnonzero(bad), stats.channels or [f'channel {i}' for i in range(bad.size)])
         out.append(f'The statistics hold a non-finite mean or a std that is not > 0 ({which}): normalising divides '
-                   f'by it. Recompute them with `{_regenerate_hint()}`.')
+                   f'by it. Recompute them with `{hint}`.')
     if (n := int(raw.n_nonfinite.sum())):
         out.append(f'The data sample holds {n} non-finite values (channels {name(np.flatnonzero(raw.n_nonfinite), channels)}): '
                    'a cache must not; rebuild it (build-cache skips and reports such recordings).')
     if (n := int(z.n_nonfinite.sum() - raw.n_nonfinite.sum())) > 0 and not bad.any():
         out.append(f'Normalising turns {n} finite values into inf or NaN: the statistics overflow float32 on this data. '
-                   f'Recompute them on this data with `{_regenerate_hint()}`.')
+                   f'Recompute them on this data with `{hint}`.')
     return out
 
-def _scale_reasons(amplification, mean_shift, raw_all, stats, thresholds) -> list[str]:
+def _scale_reasons(amplification, mean_shift, raw_all, stats, thresholds, hint) -> list[str]:
     out, (lo, hi), unit = [], thresholds['amplification_range'], f' {stats.unit}' if stats.unit else ''
     stats_std = float(np.sqrt(np.mean(stats.std**2)))
     looks_zscored = 0.8 <= raw_all.std[0] <= 1.25 and abs(raw_all.mean[0]) < 0.1 and not 0.5 <= stats_std <= 2
@@ -274,14 +274,14 @@ def _scale_reasons(amplification, mean_shift, raw_all, stats, thresholds) -> lis
         out.append(f'Normalised data would have std {_fmt(amplification)} (expected 1, allowed {lo}-{hi}): the statistics '
                    f'(std {stats_std:.4g}{unit}) describe data of another scale than this sample (std {raw_all.std[0]:.4g}). '
                    + ('This data looks already z-scored (mean ~0, std ~1): normalise it once, not twice. ' if looks_zscored else '')
-                   + f'Use statistics computed on this cache: `{_regenerate_hint()}`.')
+                   + f'Use statistics computed on this cache: `{hint}`.')
     if abs(mean_shift) > thresholds['max_mean_shift']:
         out.append(f'Normalised data would have mean {mean_shift:+.4g} (allowed ±{thresholds["max_mean_shift"]}): the '
                    f"statistics' mean is {abs(mean_shift):.4g} of their std away from this data's mean "
-                   f'({raw_all.mean[0]:.4g}). Use statistics computed on this cache: `{_regenerate_hint()}`.')
+                   f'({raw_all.mean[0]:.4g}). Use statistics computed on this cache: `{hint}`.')
     return out
 
-def _unit_reasons(scale_ratio, stats, provenance) -> list[str]:
+def _unit_reasons(scale_ratio, stats, provenance, hint) -> list[str]:
     out = []
     if (k := _unit_factor(scale_ratio)) is not None:
         out.append(f'The data std is {scale_ratio:.3g} times the statistics std, a factor 1e{k}: a unit mismatch '
@@ -289,23 +289,23 @@ def _unit_reasons(scale_ratio, stats, provenance) -> list[str]:
     unit = (provenance or {}).get('unit')
     if stats.unit and unit and stats.unit != unit:
         out.append(f'The statistics are in {stats.unit}, the data in {unit}: recompute them on this cache '
-                   f'(`{_regenerate_hint()}`).')
+                   f'(`{hint}`).')
     return out
 
-def _provenance_reasons(diffs: dict) -> list[str]:
+def _provenance_reasons(diffs: dict, hint) -> list[str]:
     def say(k, a, b):
         if k == 'channels':
             return (f'The statistics were computed on channels {", ".join(a)}; the data has {", ".join(b)}'
                     f'{" (same names, another order)" if sorted(a) == sorted(b) else ""}: each channel would get another '
                     "channel's mean and std.")
         return f'The statistics were computed with {k} = {a!r}, the data has {k} = {b!r}.'
-    return [f'{say(k, a, b)} Recompute them on data preprocessed like this data: `{_regenerate_hint()}`.'
+    return [f'{say(k, a, b)} Recompute them on data preprocessed like this data: `{hint}`.'
             for k, (a, b) in diffs.items() if k != 'unit' or not (a and b)]  # two named units: _unit_reasons says it
 
-# %% ../nbs/05_normalization.ipynb #f73a4fe5
+# %% ../nbs/05_normalization.ipynb #2c2f9097
 def audit_norm(stats: NormStats, windows, provenance: dict | None = None, *, precision: str = 'fp16',
                amplification_range: tuple[float, float] = (0.5, 2.0), max_mean_shift: float = 0.5) -> AuditReport:
-    "Apply `stats` to `windows` (N, C, T) exactly as training does and say whether the result is fit to train on."
+    "Apply `stats` to `windows` (N, C, T) exactly as training does; `provenance` is the data's (a cache config, `cache_dir` for the hints)."
     if precision not in PRECISIONS: raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
     stats = stats if isinstance(stats, NormStats) else NormStats.load(stats)
     windows = np.asarray(windows)
@@ -316,12 +316,13 @@ def audit_norm(stats: NormStats, windows, provenance: dict | None = None, *, pre
     thresholds = {'amplification_range': list(amplification_range), 'max_mean_shift': max_mean_shift,
                   'unit_factor_tolerance': 3.0, 'fp16_max': FP16_MAX}
     diffs = provenance_differences(stats, provenance)
+    hint = _regenerate_hint((provenance or {}).get('cache_dir', 'CACHE'))
     raw, z = RunningStats(C), RunningStats(C)
     for w in windows: raw.update(w)
     reasons, notes = [], []
     if stats.n_channels not in (None, C):
         reasons.append(f'The statistics have {stats.n_channels} channels, the data {C}: they were computed for another '
-                       f'montage. Recompute them on this cache: `{_regenerate_hint()}`.')
+                       f'montage. Recompute them on this cache: `{hint}`.')
     else:
         with np.errstate(all='ignore'):
             for w in windows: z.update(stats.apply(w))
@@ -333,12 +334,12 @@ def audit_norm(stats: NormStats, windows, provenance: dict | None = None, *, pre
     ok_ratios = ratios[np.isfinite(ratios) & (ratios > 0)]
     scale_ratio = float(np.median(ok_ratios)) if ok_ratios.size else None
 
-    nonfinite_reasons = _nonfinite_reasons(stats, raw, z, channels)
-    unit_reasons = _unit_reasons(scale_ratio or float('nan'), stats, provenance)
-    provenance_reasons = _provenance_reasons(diffs)
+    nonfinite_reasons = _nonfinite_reasons(stats, raw, z, channels, hint)
+    unit_reasons = _unit_reasons(scale_ratio or float('nan'), stats, provenance, hint)
+    provenance_reasons = _provenance_reasons(diffs, hint)
     fp16_risk = bool(measured and max_abs > math.sqrt(FP16_MAX))
     reasons += nonfinite_reasons + unit_reasons + provenance_reasons
-    if measured: reasons += _scale_reasons(amplification, mean_shift, rp, stats, thresholds)
+    if measured: reasons += _scale_reasons(amplification, mean_shift, rp, stats, thresholds, hint)
     if fp16_risk:
         sentence = (f'The largest normalised value is {_fmt(max_abs)}: in float16 (max 65504) '
                     f'{"it" if max_abs > FP16_MAX else "its square"} overflows to inf, then NaN.')
@@ -351,7 +352,7 @@ def audit_norm(stats: NormStats, windows, provenance: dict | None = None, *, pre
             notes.append(f'Channels {", ".join(off)} have their own amplification outside {lo}-{hi} while the whole '
                          'sample is fine: check those channels (or per-channel statistics if these are scalar).')
     if stats.legacy: notes.append(f'The statistics carry no provenance (legacy file): only their scale was checked. '
-                                  f'Regenerate them with `{_regenerate_hint()}`.')
+                                  f'Regenerate them with `{hint}`.')
     if not provenance: notes.append('The data came without provenance: unit, corpus and preprocessing were not compared.')
     per_channel = {'channels': channels, 'amplification': z.std.tolist(), 'mean_shift': z.mean.tolist(),
                    'max_abs': z.max_abs.tolist(), 'data_mean': raw.mean.tolist(), 'data_std': raw.std.tolist()}
@@ -360,7 +361,7 @@ def audit_norm(stats: NormStats, windows, provenance: dict | None = None, *, pre
                        max_abs, scale_ratio, float(rp.mean[0]), float(rp.std[0]), n, T, precision, stats.path, diffs,
                        per_channel, thresholds)
 
-# %% ../nbs/05_normalization.ipynb #21d9a0e5
+# %% ../nbs/05_normalization.ipynb #70d35e6a
 def plot_audit(windows, stats: NormStats, report: AuditReport, title: str = '', bins: int = 80, max_values: int = 50_000):
     "Per-channel histograms of `windows` (N, C, T) before and after `stats.apply`, and amplification per channel."
     import matplotlib.pyplot as plt
@@ -390,7 +391,7 @@ def plot_audit(windows, stats: NormStats, report: AuditReport, title: str = '', 
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_normalization.ipynb #2274aade
+# %% ../nbs/05_normalization.ipynb #bba312df
 def sample_windows(cache, n_windows: int = 64, window_s: float | None = None, stride_s: float | None = None,
                    seed: int = 0) -> np.ndarray:
     "float32 (N, C, T): up to `n_windows` windows drawn without replacement from every window of `cache` (window and stride: the cache's, else 60 s and 10 s)."
@@ -418,9 +419,10 @@ def audit_cache(stats, cache, *, n_windows: int = 64, window_s: float | None = N
                 **audit_kw) -> AuditReport:
     "`audit_norm` on `n_windows` windows sampled from `cache` (a cache or its folder), its config as provenance."
     cache = _open_cache(cache)
-    return audit_norm(stats, sample_windows(cache, n_windows, window_s, stride_s, seed), cache.config, **audit_kw)
+    provenance = cache.config | {'cache_dir': _cache_dir(cache)}
+    return audit_norm(stats, sample_windows(cache, n_windows, window_s, stride_s, seed), provenance, **audit_kw)
 
-# %% ../nbs/05_normalization.ipynb #5038735b
+# %% ../nbs/05_normalization.ipynb #484ac3d0
 class NormalizationMismatch(RuntimeError):
     "The audit found the statistics unfit for the data; `.report` holds the full `AuditReport`."
     def __init__(self, report: AuditReport):
@@ -443,7 +445,7 @@ def gate_normalization(stats, data, *, override: bool = False, log: Callable[[st
         + '\n'.join(f'  - {r}' for r in report.reasons))
     return report
 
-# %% ../nbs/05_normalization.ipynb #dcc865e2
+# %% ../nbs/05_normalization.ipynb #86973693
 def norm_stats_cli(argv: list[str] | None = None) -> int:
     "`norm-stats --cache-dir C --out stats.json`: per-channel statistics of a cache, with provenance."
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr norm-stats', description=norm_stats_cli.__doc__)
@@ -474,7 +476,11 @@ def audit_norm_cli(argv: list[str] | None = None) -> int:
     p.add_argument('--precision', choices=PRECISIONS, default='fp16', help='what training computes in (fp16: overflow risk is a mismatch)')
     a = p.parse_args(argv)
     try:
-        report = audit_cache(NormStats.load(a.stats), a.cache_dir, n_windows=a.n_windows, window_s=a.window_s,
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', NoProvenanceWarning)
+            stats = NormStats.load(a.stats)
+        for w in caught: print(f'warning ({w.category.__name__}): {w.message}', file=sys.stderr)
+        report = audit_cache(stats, a.cache_dir, n_windows=a.n_windows, window_s=a.window_s,
                              stride_s=a.stride_s, seed=a.seed, precision=a.precision)
     except (FileNotFoundError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
