@@ -7,14 +7,14 @@ __all__ = ['env_flag', 'pair_index', 'cosine_similarity_edges', 'dense_adjacency
            'DenseSSGConv', 'normalized_laplacian', 'oriented_eigh', 'broadened_inverse_gaps', 'LaplacianEigenvectors',
            'align_signs_over_time', 'laplacian_pe', 'GraphStream']
 
-# %% ../nbs/07b_graph.ipynb #1b3a42a0
+# %% ../nbs/07b_graph.ipynb #99824847
 import math, os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .ssm import BiMamba
+from .ssm import BiMamba, autocast_off
 
-# %% ../nbs/07b_graph.ipynb #212004c2
+# %% ../nbs/07b_graph.ipynb #06ccae57
 def env_flag(name: str, default: bool) -> bool:
     "A boolean switch from the environment (`1`/`0`) overriding `default`; anything else is an error."
     value = os.environ.get(name)
@@ -22,7 +22,7 @@ def env_flag(name: str, default: bool) -> bool:
     if value not in ('0', '1'): raise ValueError(f'environment variable {name}={value!r}: set it to 1 or 0, or unset it')
     return value == '1'
 
-# %% ../nbs/07b_graph.ipynb #c43cd3fa
+# %% ../nbs/07b_graph.ipynb #0f22c903
 def pair_index(n_nodes: int) -> torch.Tensor:
     "The `n (n - 1) / 2` node pairs `i < j` as a `(2, n_pairs)` index."
     return torch.triu_indices(n_nodes, n_nodes, offset=1)
@@ -47,7 +47,7 @@ def sparsify(adjacency: torch.Tensor, top_k: int, threshold: float) -> torch.Ten
     keep = (keep | keep.transpose(-1, -2)) & (adjacency > threshold)
     return adjacency * keep
 
-# %% ../nbs/07b_graph.ipynb #36123fcf
+# %% ../nbs/07b_graph.ipynb #48d62ef2
 class EdgeStream(nn.Module):
     "Node features `(B, T, n, F)` -> sparse weighted adjacency `(B, T, n, n)` per time step."
     def __init__(self, n_nodes: int = 19, edge_dim: int = 16, n_layers: int = 2, d_state: int = 8,
@@ -71,7 +71,7 @@ class EdgeStream(nn.Module):
             weights = weights.clamp(0, 1)
         return sparsify(dense_adjacency(weights, self.pairs, self.n_nodes), self.top_k, self.threshold)
 
-# %% ../nbs/07b_graph.ipynb #7151a6f5
+# %% ../nbs/07b_graph.ipynb #8b043a99
 def gcn_normalized(adjacency: torch.Tensor) -> torch.Tensor:
     "$D^{-1/2}(A + I)D^{-1/2}$ for `(..., n, n)` adjacency with a zero diagonal, as PyG's `gcn_norm`."
     looped = adjacency + torch.eye(adjacency.shape[-1], dtype=adjacency.dtype, device=adjacency.device)
@@ -92,7 +92,7 @@ class DenseSSGConv(nn.Module):
             h = h + (1 - self.alpha) / self.K * z
         return self.lin(h)
 
-# %% ../nbs/07b_graph.ipynb #0c19bccf
+# %% ../nbs/07b_graph.ipynb #126b4d94
 def normalized_laplacian(adjacency: torch.Tensor) -> torch.Tensor:
     "$I - D^{-1/2} A D^{-1/2}$ of `(..., n, n)` adjacency; isolated nodes get the identity's row."
     degree = adjacency.sum(-1)
@@ -141,7 +141,7 @@ class LaplacianEigenvectors(torch.autograd.Function):
             grad[part] = torch.autograd.grad(laplacian, chunk, grad_laplacian)[0].to(grad.dtype)
         return grad, None, None, None, None
 
-# %% ../nbs/07b_graph.ipynb #cbb934c7
+# %% ../nbs/07b_graph.ipynb #b599fd22
 def align_signs_over_time(vectors: torch.Tensor) -> torch.Tensor:
     "Flip eigenvectors `(B, S, n, k)` so each has a non-negative dot product with the previous step's."
     flips = torch.where((vectors[:, 1:] * vectors[:, :-1]).sum(-2, keepdim=True) < 0, -1.0, 1.0).to(vectors.dtype)
@@ -155,7 +155,7 @@ def laplacian_pe(adjacency: torch.Tensor, k: int, interval: int = 1, dynamic: bo
     B, T, n, _ = adjacency.shape
     if not 1 <= k <= n: raise ValueError(f'laplacian_pe: k={k} eigenvectors of {n}-node graphs: set pe_k between 1 and {n}')
     if interval < 1: raise ValueError(f'laplacian_pe: interval={interval}: set semi_dynamic_interval to 1 or more')
-    with torch.autocast(adjacency.device.type, enabled=False):
+    with autocast_off(adjacency):
         steps = adjacency[:, ::interval] if dynamic else adjacency.mean(1, keepdim=True)
         S = steps.shape[1]
         vectors = LaplacianEigenvectors.apply(steps.float().reshape(B * S, n, n), k, chunk_size, gap_eps, dtype)
@@ -163,7 +163,7 @@ def laplacian_pe(adjacency: torch.Tensor, k: int, interval: int = 1, dynamic: bo
     if not dynamic: return vectors.expand(B, T, n, k)
     return vectors.repeat_interleave(interval, dim=1)[:, :T] if interval > 1 else vectors
 
-# %% ../nbs/07b_graph.ipynb #dda30cdb
+# %% ../nbs/07b_graph.ipynb #cecead29
 class GraphStream(nn.Module):
     "Node features `(B, T, n, F)` and adjacency `(B, T, n, n)` -> node features `(B, T, n, F)`."
     def __init__(self, d_node: int, n_layers: int = 2, alpha: float = 0.05, K: int = 1, pe_k: int = 16,
