@@ -6,7 +6,7 @@
 __all__ = ['BLOCKS', 'DetectorConfig', 'TemporalBlock', 'TCNEncoder', 'Detector', 'parameter_counts', 'traced_shapes',
            'model_summary', 'detector_input', 'model_summary_cli']
 
-# %% ../nbs/07_model.ipynb #11f9fdec
+# %% ../nbs/07_model.ipynb #05d1d7d0
 import argparse, math, sys
 from pathlib import Path
 import torch
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from .ssm import BiMamba
 from .graph import EdgeStream, GraphStream
 
-# %% ../nbs/07_model.ipynb #87ef79d1
+# %% ../nbs/07_model.ipynb #8cc9ad2a
 class DetectorConfig(BaseModel):
     "Every size of the detector; defaults are the reference GPU model (about 9.0M parameters)."
     model_config = ConfigDict(extra='forbid')
@@ -66,7 +66,7 @@ class DetectorConfig(BaseModel):
         "Output width of each TCN layer: doubling from `tcn_base_channels`, capped, the last `tcn_channels`."
         return [min(self.tcn_channels, self.tcn_base_channels * 2 ** i) for i in range(self.tcn_layers - 1)] + [self.tcn_channels]
 
-# %% ../nbs/07_model.ipynb #d8423bd8
+# %% ../nbs/07_model.ipynb #081449f3
 class TemporalBlock(nn.Module):
     "One dilated residual layer: `(B, c_in, T) -> (B, c_out, T / 2 if downsample else T)`."
     def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int, downsample: bool, dropout: float):
@@ -87,12 +87,12 @@ class TCNEncoder(nn.Sequential):
         super().__init__(*(TemporalBlock(c_in, c_out, cfg.tcn_kernel_size, 2 ** (i % 4), i < pools, cfg.dropout)
                            for i, (c_in, c_out) in enumerate(zip([cfg.n_channels] + widths, widths))))
 
-# %% ../nbs/07_model.ipynb #5b871135
+# %% ../nbs/07_model.ipynb #e1369fad
 class Detector(nn.Module):
     "EEG `(B, n_channels, T)` -> per-sample seizure logits `(B, T)`; `T` divisible by `tcn_downsample`."
-    def __init__(self, cfg: DetectorConfig = DetectorConfig()):
+    def __init__(self, cfg: DetectorConfig | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg = cfg or DetectorConfig()
         self.encoder = TCNEncoder(cfg)
         self.to_nodes = nn.Linear(cfg.tcn_channels, cfg.n_nodes * cfg.d_node)
         self.node_stream = BiMamba(cfg.d_node, cfg.node_layers, cfg.node_d_state, cfg.mamba_d_conv, cfg.mamba_expand)
@@ -126,7 +126,7 @@ class Detector(nn.Module):
         logits = self.decoder(features).squeeze(-1)                                   # (B, T')
         return F.interpolate(logits[:, None].float(), scale_factor=c.tcn_downsample, mode='linear').squeeze(1)
 
-# %% ../nbs/07_model.ipynb #19b3c8f6
+# %% ../nbs/07_model.ipynb #c19eee22
 BLOCKS = ('encoder', 'to_nodes', 'node_stream', 'edge_stream', 'graph_stream', 'from_nodes', 'decoder')
 
 def parameter_counts(model: Detector) -> dict[str, int]:
@@ -156,7 +156,7 @@ def model_summary(cfg: DetectorConfig, batch: int = 1, n_samples: int = 60 * 256
     lines += [f'{name:<14}{shape}' for name, shape in shapes]
     return '\n'.join(lines)
 
-# %% ../nbs/07_model.ipynb #48cff5f8
+# %% ../nbs/07_model.ipynb #79b7263f
 def detector_input(path: str | Path) -> tuple[DetectorConfig, int]:
     "The `DetectorConfig` and input samples of a parameter file; errors name the file, the field and the fix."
     params = yaml.safe_load(Path(path).read_text()) or {}

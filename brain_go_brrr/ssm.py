@@ -6,25 +6,25 @@
 __all__ = ['uses_cuda_kernels', 'scan_chunking', 'padded_length', 'linear_scan_', 'SelectiveScan', 'wide', 'autocast_off',
            'selective_scan', 'selective_scan_reference', 'Mamba', 'BiMambaLayer', 'BiMamba']
 
-# %% ../nbs/07a_ssm.ipynb #b8d44b92
+# %% ../nbs/07a_ssm.ipynb #24e0b46c
 import math, os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/07a_ssm.ipynb #ebc2c350
+# %% ../nbs/07a_ssm.ipynb #1a652be3
 try:  # optional GPU extra: `pip install mamba-ssm` on a CUDA machine
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _cuda_selective_scan
 except (ImportError, OSError, RuntimeError):
     _cuda_selective_scan = None
 
-# %% ../nbs/07a_ssm.ipynb #c755ed71
+# %% ../nbs/07a_ssm.ipynb #c2072010
 def uses_cuda_kernels(x: torch.Tensor) -> bool:
     "Whether the selective scan of `x` runs in `mamba-ssm`'s CUDA kernel (else the PyTorch scan)."
     forced = os.environ.get('SEIZURE_MAMBA_FORCE_FALLBACK', '0') == '1'
     return x.is_cuda and _cuda_selective_scan is not None and not forced
 
-# %% ../nbs/07a_ssm.ipynb #94639a9d
+# %% ../nbs/07a_ssm.ipynb #e3b12cce
 def scan_chunking(L: int) -> tuple[int, int]:
     "Chunk length (about sqrt(L)) and chunk count; the scan runs on `length * count >= L` rows."
     T = max(1, math.isqrt(L))
@@ -57,7 +57,7 @@ def linear_scan_(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> tor
         prev = b3[:, t]
     return b
 
-# %% ../nbs/07a_ssm.ipynb #b5c45bf5
+# %% ../nbs/07a_ssm.ipynb #429258c7
 def _decays(delta, A_t, rows):
     "exp(delta A) as `(rows, batch, d_state, d_inner)`; rows past `len(delta)` are 0, so the scan forgets there."
     L = delta.shape[0]
@@ -85,7 +85,7 @@ class SelectiveScan(torch.autograd.Function):
         decays = _decays(delta, A.t().contiguous(), rows + 1)  # the extra zero row ends the backward scan
         linear_scan_(decays[:rows].view(rows, -1), states[1:].view(rows, -1))
         ctx.save_for_backward(delta, u, A, B, C, states, decays)
-        return (C.view(L * batch, 1, n) @ states[1:L + 1].view(L * batch, n, d)).view(L, batch, d)
+        return (C.reshape(L * batch, 1, n) @ states[1:L + 1].view(L * batch, n, d)).view(L, batch, d)
 
     @staticmethod
     def backward(ctx, gy):
@@ -116,7 +116,7 @@ def selective_scan(delta: torch.Tensor, u: torch.Tensor, A: torch.Tensor, B: tor
     with autocast_off(delta):
         return SelectiveScan.apply(*map(wide, (delta, u, A, B, C)))
 
-# %% ../nbs/07a_ssm.ipynb #9d4ebc20
+# %% ../nbs/07a_ssm.ipynb #b191ea2f
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     "The formula of mamba-ssm's `selective_scan_ref`: one step per time step; `u, delta, z`: (b, d, l), `B, C`: (b, n, l)."
     dtype_in, dtype = u.dtype, torch.promote_types(u.dtype, torch.float32)  # published: u.float(); float64 kept for tests
@@ -134,7 +134,7 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     if z is not None: out = out * F.silu(z)
     return out.to(dtype_in)
 
-# %% ../nbs/07a_ssm.ipynb #75694a1b
+# %% ../nbs/07a_ssm.ipynb #35e03530
 class Mamba(nn.Module):
     "Mamba block `(batch, L, d_model) -> (batch, L, d_model)`; state dict interchangeable with `mamba_ssm.Mamba`."
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = 'auto',
@@ -189,7 +189,7 @@ class Mamba(nn.Module):
                                  delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         return y.permute(2, 0, 1)
 
-# %% ../nbs/07a_ssm.ipynb #0aea112c
+# %% ../nbs/07a_ssm.ipynb #5b0ac52a
 class BiMambaLayer(nn.Module):
     "`x + forward(norm x) + reverse(backward(reverse(norm x)))`, over dim 1 of `(batch, L, d_model)`."
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2):
