@@ -266,6 +266,16 @@ def test_the_audit_runs_on_demand_and_an_override_is_recorded(small_ckpt, legacy
     assert forced.report.overridden and forced.report.verdict == 'mismatch'
 
 
+def test_a_refusal_sticks_until_an_audit_on_demand_passes(small_ckpt):
+    _, path = small_ckpt
+    x = uv_windows()
+    wrapper = create_normalized_eegpt(path, stats=stats_of(x), config=SMALL)
+    with pytest.raises(NormalizationMismatch): wrapper(zscored_windows(4))   # z-scored twice: refused
+    with pytest.raises(NormalizationMismatch): wrapper(x[:4])                # good data does not lift the refusal by itself
+    assert wrapper.audit(x[4:]).verdict == 'ok'                              # an explicit audit that passes does
+    with torch.no_grad(): assert wrapper(x[:4]).shape == (4, 8, 4, 64)
+
+
 def test_matching_statistics_pass_and_normalise(small_ckpt):
     model, path = small_ckpt
     x = uv_windows()
