@@ -127,3 +127,15 @@ def test_windows_carry_their_recordings_label(corpus, tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=5)
     xb, yb = next(iter(loader))
     assert xb.shape == (5, 19, 1024) and yb.shape == (5,)
+
+
+def test_the_synthetic_tuab_corpus_is_read_as_tuab(tmp_path):
+    synth = pytest.importorskip('brain_go_brrr.synth')
+    root = synth.synth_tuab(tmp_path / 'synth', subjects=8, seed=1, seconds=(30, 40))
+    files = discover_tuab(root)
+    check_tuab_splits(files)
+    d = describe(files)
+    assert all(d.get(f'{s}/{c}', 0) >= 1 for s in ('train', 'eval') for c in ('normal', 'abnormal')), d
+    cache = build_tuab_cache(root, tmp_path / 'cache', 'eval', progress=False)
+    assert not cache.failures and summarize_cache(cache)['recordings'] == d['eval/normal'] + d['eval/abnormal']
+    assert TuabWindows(cache, 4.0)[0][0].shape == (19, 1024)
