@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['COMMANDS', 'usage', 'main']
 
-# %% ../nbs/12_cli.ipynb #67fc82fb
+# %% ../nbs/12_cli.ipynb #d83ab495
 import importlib, sys
 
-# %% ../nbs/12_cli.ipynb #6a07d063
+# %% ../nbs/12_cli.ipynb #35ac71f3
 COMMANDS = {
     'synth-tusz':    ('synth', 'synth_tusz_cli', 'write a synthetic corpus in the TUSZ v2.0.x on-disk format'),
     'check-splits':  ('tusz', 'check_splits_cli', 'exit 1 and name every subject found in more than one split'),
@@ -20,9 +20,10 @@ COMMANDS = {
     'model-summary': ('model', 'model_summary_cli', 'parameters per block and tensor shapes of the detector'),
     'validate':      ('params', 'validate_cli', 'validate a parameter file'),
     'score':         ('scoring', 'score_cli', 'NEDC v6.0.0 scoring of hypothesis against reference .csv_bi files'),
+    'train':         ('train', 'train_cli', 'train the detector (under torchrun for several GPUs or machines)'),
 }
 
-# %% ../nbs/12_cli.ipynb #9d42c918
+# %% ../nbs/12_cli.ipynb #df76e4e3
 def usage() -> str:
     "The `--help` text: one line per command."
     width = max(map(len, COMMANDS))
@@ -30,7 +31,7 @@ def usage() -> str:
     return '\n'.join(['usage: python -m brain_go_brrr <command> [options]', '', 'commands:', *rows,
                       '', "Run 'python -m brain_go_brrr <command> --help' for a command's options."])
 
-# %% ../nbs/12_cli.ipynb #783a6087
+# %% ../nbs/12_cli.ipynb #6288fb3d
 def main(argv: list[str] | None = None) -> int:
     "Dispatch `argv[0]` to its command; exit status is the command's."
     argv = sys.argv[1:] if argv is None else list(argv)
