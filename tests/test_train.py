@@ -35,7 +35,8 @@ def test_a_tiny_run_writes_its_outputs(corpus, tmp_path):
         assert (run / f).exists(), f
     saved = json.loads((run / 'metrics.json').read_text())
     for key in ('dev_auroc', 'dev_sens_at_fa', 'epochs', 'steps', 'nonfinite_steps', 'sanitized_grad_entries',
-                'mixed_precision', 'precision_dtype', 'normalization_audit', 'seconds', 'windows_per_second'):
+                'mixed_precision', 'precision_dtype', 'normalization_audit', 'seconds', 'windows_per_second',
+                'edge_clamped_weights'):
         assert key in saved, key
     assert saved['steps'] == 2 * 4 and saved['epochs'] == 2 and saved['normalization_audit'] == 'ok'
     assert set(saved['dev_sens_at_fa']) == {'10', '5', '1'}
