@@ -6,18 +6,18 @@
 __all__ = ['BLOCKS', 'DetectorConfig', 'TemporalBlock', 'TCNEncoder', 'Detector', 'parameter_counts', 'traced_shapes',
            'model_summary', 'detector_input', 'model_summary_cli']
 
-# %% ../nbs/07_model.ipynb #05d1d7d0
+# %% ../nbs/07_model.ipynb #75edc400
 import argparse, math, sys
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from .ssm import BiMamba
 from .graph import EdgeStream, GraphStream
 
-# %% ../nbs/07_model.ipynb #8cc9ad2a
+# %% ../nbs/07_model.ipynb #acd4bf32
 class DetectorConfig(BaseModel):
     "Every size of the detector; defaults are the reference GPU model (about 9.0M parameters)."
     model_config = ConfigDict(extra='forbid')
@@ -47,7 +47,7 @@ class DetectorConfig(BaseModel):
     semi_dynamic_interval: int = 5       # decompose every this many time steps (1: every step)
     use_dynamic_pe: bool = True          # False: one encoding per window, from the mean adjacency
     pe_chunk_size: int = 4096            # graphs per eigendecomposition batch: bounds PE memory
-    pe_gap_eps: float = 1e-6             # eigenvalue-gap broadening in the eigenvector backward
+    pe_gap_eps: float = Field(1e-6, gt=0)  # eigenvalue-gap broadening in the eigenvector backward (0 would give 0/0)
 
     @model_validator(mode='after')
     def _consistent(self):
@@ -66,7 +66,7 @@ class DetectorConfig(BaseModel):
         "Output width of each TCN layer: doubling from `tcn_base_channels`, capped, the last `tcn_channels`."
         return [min(self.tcn_channels, self.tcn_base_channels * 2 ** i) for i in range(self.tcn_layers - 1)] + [self.tcn_channels]
 
-# %% ../nbs/07_model.ipynb #081449f3
+# %% ../nbs/07_model.ipynb #760d37ba
 class TemporalBlock(nn.Module):
     "One dilated residual layer: `(B, c_in, T) -> (B, c_out, T / 2 if downsample else T)`."
     def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int, downsample: bool, dropout: float):
@@ -87,7 +87,7 @@ class TCNEncoder(nn.Sequential):
         super().__init__(*(TemporalBlock(c_in, c_out, cfg.tcn_kernel_size, 2 ** (i % 4), i < pools, cfg.dropout)
                            for i, (c_in, c_out) in enumerate(zip([cfg.n_channels] + widths, widths))))
 
-# %% ../nbs/07_model.ipynb #e1369fad
+# %% ../nbs/07_model.ipynb #76b78b1b
 class Detector(nn.Module):
     "EEG `(B, n_channels, T)` -> per-sample seizure logits `(B, T)`; `T` divisible by `tcn_downsample`."
     def __init__(self, cfg: DetectorConfig | None = None):
@@ -126,7 +126,7 @@ class Detector(nn.Module):
         logits = self.decoder(features).squeeze(-1)                                   # (B, T')
         return F.interpolate(logits[:, None].float(), scale_factor=c.tcn_downsample, mode='linear').squeeze(1)
 
-# %% ../nbs/07_model.ipynb #c19eee22
+# %% ../nbs/07_model.ipynb #140273a3
 BLOCKS = ('encoder', 'to_nodes', 'node_stream', 'edge_stream', 'graph_stream', 'from_nodes', 'decoder')
 
 def parameter_counts(model: Detector) -> dict[str, int]:
@@ -156,7 +156,7 @@ def model_summary(cfg: DetectorConfig, batch: int = 1, n_samples: int = 60 * 256
     lines += [f'{name:<14}{shape}' for name, shape in shapes]
     return '\n'.join(lines)
 
-# %% ../nbs/07_model.ipynb #79b7263f
+# %% ../nbs/07_model.ipynb #189f808d
 def detector_input(path: str | Path) -> tuple[DetectorConfig, int]:
     "The `DetectorConfig` and input samples of a parameter file; errors name the file, the field and the fix."
     params = yaml.safe_load(Path(path).read_text()) or {}

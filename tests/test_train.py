@@ -170,3 +170,15 @@ def test_two_process_ddp_on_cpu(corpus, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / 'train' / 'metrics.json').read_text())
     assert m['world_size'] == 2 and m['steps'] == 16 // (2 * 4)  # each rank takes half of each epoch
+
+
+def test_a_non_finite_input_reaching_the_eigendecomposition_is_a_skipped_step(corpus, tmp_path, monkeypatch):
+    "On CPU, LAPACK refuses a NaN graph (LinAlgError); the step is skipped and counted like any non-finite loss."
+    class NaNInput(Detector):
+        calls = 0
+        def forward(self, x):
+            NaNInput.calls += 1
+            return super().forward(x * float('nan') if NaNInput.calls == 2 else x)
+    monkeypatch.setattr(T, 'Detector', NaNInput)
+    m = T.train(tiny(corpus, tmp_path, epochs=1, epoch_size=16))
+    assert m['nonfinite_steps'] == 1 and m['steps'] == 4
