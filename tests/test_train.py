@@ -182,3 +182,13 @@ def test_a_non_finite_input_reaching_the_eigendecomposition_is_a_skipped_step(co
     monkeypatch.setattr(T, 'Detector', NaNInput)
     m = T.train(tiny(corpus, tmp_path, epochs=1, epoch_size=16))
     assert m['nonfinite_steps'] == 1 and m['steps'] == 4
+
+
+def test_parameter_groups_of_the_detector():
+    "No weight decay on norms, biases, the state-space A_log and D; decay on every weight matrix and kernel."
+    from brain_go_brrr.model import DetectorConfig
+    decay, no_decay = T.param_groups(Detector(DetectorConfig(**TINY_MODEL)), 0.1)
+    assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
+    assert any(n.endswith('.A_log') for n in no_decay['names']) and any(n.endswith('.D') for n in no_decay['names'])
+    assert not any(n.endswith(('.A_log', '.D', '.bias')) for n in decay['names'])
+    assert all(p.ndim >= 2 for p in decay['params']) and all(p.ndim <= 1 or n.endswith('A_log') for n, p in zip(no_decay['names'], no_decay['params']))
