@@ -16,3 +16,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 export PATH="$root/.venv/bin:$PATH"
 export MPLBACKEND=Agg PYTHONHASHSEED=0
+# The C++ Mamba kernels compile once per machine and source (about 40 s, then cached); a no-op when they are current.
+python -c 'from brain_go_brrr.cpu_kernels import cpu_kernels; cpu_kernels()'
