@@ -51,13 +51,13 @@ def sparsify(adjacency: torch.Tensor, top_k: int, threshold: float) -> torch.Ten
 class EdgeStream(nn.Module):
     "Node features `(B, T, n, F)` -> sparse weighted adjacency `(B, T, n, n)` per time step."
     def __init__(self, n_nodes: int = 19, edge_dim: int = 16, n_layers: int = 2, d_state: int = 8,
-                 top_k: int = 3, threshold: float = 1e-4, clamp: bool = True):
+                 top_k: int = 3, threshold: float = 1e-4, clamp: bool = True, checkpointing: bool = False):
         super().__init__()
         self.n_nodes, self.top_k, self.threshold = n_nodes, top_k, threshold
         self.clamp = env_flag('BGB_EDGE_CLAMP', clamp)
         self.register_buffer('pairs', pair_index(n_nodes), persistent=False)
         self.lift = nn.Linear(1, edge_dim)
-        self.mamba = BiMamba(edge_dim, n_layers, d_state)
+        self.mamba = BiMamba(edge_dim, n_layers, d_state, checkpointing=checkpointing)
         self.head = nn.Linear(edge_dim, 1)
         self.clamped = torch.zeros((), dtype=torch.long)
 

@@ -34,6 +34,7 @@ class DetectorConfig(BaseModel):
     node_d_state: int = 16
     mamba_expand: int = 2
     mamba_d_conv: int = 4
+    mamba_checkpointing: bool = True     # training keeps each Mamba layer's input only and recomputes the rest
     edge_dim: int = 16                   # edge stream d_model (similarity lifted 1 -> edge_dim)
     edge_layers: int = 2
     edge_d_state: int = 8
@@ -95,9 +96,10 @@ class Detector(nn.Module):
         self.cfg = cfg = cfg or DetectorConfig()
         self.encoder = TCNEncoder(cfg)
         self.to_nodes = nn.Linear(cfg.tcn_channels, cfg.n_nodes * cfg.d_node)
-        self.node_stream = BiMamba(cfg.d_node, cfg.node_layers, cfg.node_d_state, cfg.mamba_d_conv, cfg.mamba_expand)
+        self.node_stream = BiMamba(cfg.d_node, cfg.node_layers, cfg.node_d_state, cfg.mamba_d_conv, cfg.mamba_expand,
+                                   cfg.mamba_checkpointing)
         self.edge_stream = EdgeStream(cfg.n_nodes, cfg.edge_dim, cfg.edge_layers, cfg.edge_d_state,
-                                      cfg.edge_top_k, cfg.edge_threshold, cfg.edge_clamp)
+                                      cfg.edge_top_k, cfg.edge_threshold, cfg.edge_clamp, cfg.mamba_checkpointing)
         self.graph_stream = GraphStream(cfg.d_node, cfg.gnn_layers, cfg.gnn_alpha, cfg.gnn_K, cfg.pe_k,
                                         cfg.semi_dynamic_interval, cfg.use_dynamic_pe, cfg.pe_chunk_size, cfg.pe_gap_eps)
         self.from_nodes = nn.Linear(cfg.n_nodes * cfg.d_node, cfg.tcn_channels)
