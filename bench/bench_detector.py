@@ -1,0 +1,184 @@
+"""The reference-size detector (params/gpu_full.yaml) with this project's selective scan against the stored-states scan
+it replaced (bench/baseline_scan.py), side by side in one run; and one Mamba block against mambapy 1.2.
+
+Every figure comes from fresh processes, the two implementations alternating (A B A B ...), so a machine whose speed
+drifts affects both alike; ratios are taken pair by pair and their median reported. Peak memory is each process's
+peak resident set (what `/usr/bin/time -v` reports as "Maximum resident set size").
+
+    python bench/bench_detector.py                       # everything, about 4 minutes on 2 cores
+    python bench/bench_detector.py --only block --out block.json
+
+Measures:
+  train    one training step (forward + backward, batch 1, one 60-s window): seconds and peak memory;
+  infer    inference (batch 1, no_grad): seconds per 60-s window and hours of EEG per hour (wall and CPU);
+  block    one Mamba block, 19 x 960 x 64, d_state 16, forward + backward on 1 thread: ours, the baseline, mambapy;
+  length   peak memory of a training step at 15, 60 and 240-s windows (this project's scan): the fitted slope.
+"""
+import argparse, json, os, resource, statistics, subprocess, sys, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / 'params/gpu_full.yaml'
+
+
+def rusage_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(job: str, scan: str, seconds: int, repeats: int, threads: int) -> dict:
+    "One measurement in this (fresh) process; printed as one JSON line."
+    import torch
+    torch.set_num_threads(threads)
+    if job == 'block': return block_worker(repeats)
+    if scan == 'baseline':
+        from baseline_scan import use_baseline_scan
+        use_baseline_scan()
+    from brain_go_brrr.model import Detector, detector_input
+    cfg, _ = detector_input(PARAMS)
+    torch.manual_seed(0)
+    model = Detector(cfg).train(job != 'infer')
+    x = torch.randn(1, cfg.n_channels, seconds * 256)
+    baseline_rss = peak_rss_mib()
+
+    def step():
+        if job == 'infer':
+            with torch.no_grad(): model(x)
+        else:
+            model.zero_grad(set_to_none=True)
+            model(x).float().mean().backward()
+
+    step()                                                   # warm-up: allocator, kernel load, first-touch pages
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), rusage_cpu()
+        step()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(rusage_cpu() - c0)
+    return dict(job=job, scan=scan, seconds=seconds, threads=threads, wall_s=min(wall), cpu_s=min(cpu),
+                peak_rss_mib=peak_rss_mib(), rss_before_step_mib=baseline_rss)
+
+
+def block_worker(repeats: int) -> dict:
+    "Forward + backward of one Mamba block on 19 x 960 x 64: this project's, the baseline's and mambapy's, interleaved."
+    import copy, torch
+    from mambapy.mamba import MambaBlock, MambaConfig
+    from brain_go_brrr import ssm
+    from baseline_scan import baseline_forward
+    torch.manual_seed(0)
+    theirs = MambaBlock(MambaConfig(d_model=64, n_layers=1, d_state=16))
+    ours = ssm.Mamba(64, 16)
+    ours.load_state_dict(theirs.state_dict())
+    baseline = copy.deepcopy(ours)
+    baseline.forward = baseline_forward.__get__(baseline)
+    x = torch.randn(19, 960, 64)
+    times = {'ours': [], 'baseline': [], 'mambapy': []}
+    outputs = {}
+    for _ in range(repeats + 1):
+        for name, block in (('ours', ours), ('baseline', baseline), ('mambapy', theirs)):
+            block.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            y = block(x)
+            y.square().mean().backward()
+            times[name].append(time.perf_counter() - t0)
+            outputs[name] = y.detach()
+    best = {k: min(v[1:]) for k, v in times.items()}             # the first round warms up
+    diff = lambda a, b: (outputs[a] - outputs[b]).abs().max().item()
+    return dict(job='block', threads=torch.get_num_threads(), seconds_fwd_bwd=best,
+                mambapy_over_ours=best['mambapy'] / best['ours'], baseline_over_ours=best['baseline'] / best['ours'],
+                max_diff_vs_mambapy=diff('ours', 'mambapy'), max_diff_vs_baseline=diff('ours', 'baseline'))
+
+
+def run_worker(job, scan='ours', seconds=60, repeats=2, threads=2) -> dict:
+    "A fresh interpreter for one measurement; its JSON line."
+    cmd = [sys.executable, __file__, '--worker', job, '--scan', scan, '--seconds', str(seconds), '--repeats', str(repeats),
+           '--threads', str(threads)]
+    env = os.environ | {'OMP_NUM_THREADS': str(threads), 'PYTHONPATH': os.pathsep.join([str(ROOT / 'bench'), str(ROOT)])}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode: raise RuntimeError(f'{" ".join(cmd)} failed:\n{out.stderr[-3000:]}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def paired(job, pairs, repeats) -> dict:
+    "`pairs` rounds of baseline then ours, each a fresh process; per-pair ratios baseline / ours."
+    runs = [(run_worker(job, 'baseline', repeats=repeats), run_worker(job, 'ours', repeats=repeats)) for _ in range(pairs)]
+    med = lambda key, who: statistics.median(r[who][key] for r in runs)
+    ratio = lambda key: statistics.median(b[key] / o[key] for b, o in runs)
+    return dict(baseline={k: med(k, 0) for k in ('wall_s', 'cpu_s', 'peak_rss_mib', 'rss_before_step_mib')},
+                ours={k: med(k, 1) for k in ('wall_s', 'cpu_s', 'peak_rss_mib', 'rss_before_step_mib')},
+                speedup_wall=ratio('wall_s'), memory_ratio=ratio('peak_rss_mib'), runs=runs)
+
+
+def memory_against_length(lengths=(15, 60, 240)) -> dict:
+    "Peak memory of one training step (this project's scan) per window length, and the least-squares line through it."
+    peaks = [run_worker('train', 'ours', seconds=s, repeats=1)['peak_rss_mib'] for s in lengths]
+    n, mx, my = len(lengths), sum(lengths) / len(lengths), sum(peaks) / len(peaks)
+    slope = sum((x - mx) * (y - my) for x, y in zip(lengths, peaks)) / sum((x - mx) ** 2 for x in lengths)
+    fitted = [my + slope * (x - mx) for x in lengths]
+    return dict(seconds=list(lengths), peak_rss_mib=peaks, slope_mib_per_minute=slope * 60,
+                intercept_mib=my - slope * mx, worst_residual_mib=max(abs(a - b) for a, b in zip(peaks, fitted)))
+
+
+def report(results: dict) -> str:
+    lines = []
+    if 'train' in results:
+        t = results['train']
+        lines.append(f"training step, batch 1, 60-s window (2 threads): {t['baseline']['wall_s']:.2f} s -> "
+                     f"{t['ours']['wall_s']:.2f} s ({t['speedup_wall']:.1f}x faster); peak memory "
+                     f"{t['baseline']['peak_rss_mib'] / 1024:.2f} GiB -> {t['ours']['peak_rss_mib'] / 1024:.2f} GiB")
+    if 'infer' in results:
+        t = results['infer']
+        o = t['ours']
+        lines.append(f"inference, batch 1, 60-s window (2 threads): {t['baseline']['wall_s']:.2f} s -> {o['wall_s']:.2f} s "
+                     f"({t['speedup_wall']:.1f}x faster): {60 / o['wall_s']:.0f} h of EEG per hour, "
+                     f"{60 / o['cpu_s']:.0f} h per CPU-hour")
+    if 'block' in results:
+        b = results['block']
+        s = b['seconds_fwd_bwd']
+        lines.append(f"Mamba block 19 x 960 x 64, forward + backward, 1 thread: ours {s['ours']:.3f} s, baseline "
+                     f"{s['baseline']:.3f} s, mambapy {s['mambapy']:.3f} s ({b['mambapy_over_ours']:.1f}x faster than mambapy)")
+    if 'length' in results:
+        m = results['length']
+        pts = ', '.join(f'{s} s: {p:.0f} MiB' for s, p in zip(m['seconds'], m['peak_rss_mib']))
+        lines.append(f"training-step peak memory against window length: {pts}; slope {m['slope_mib_per_minute']:.0f} "
+                     f"MiB per minute of EEG, worst residual from the line {m['worst_residual_mib']:.0f} MiB")
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog='python bench/bench_detector.py', description=__doc__.split('\n\n')[0])
+    p.add_argument('--only', nargs='*', choices=['train', 'infer', 'block', 'length'], help='a subset of the measurements')
+    p.add_argument('--pairs', type=int, default=2, help='baseline/ours process pairs per measurement (default 2)')
+    p.add_argument('--out', type=Path, default=ROOT / 'outputs/bench/bench_detector.json', help='JSON written here')
+    p.add_argument('--worker', choices=['train', 'infer', 'block'], help=argparse.SUPPRESS)
+    p.add_argument('--scan', default='ours', help=argparse.SUPPRESS)
+    p.add_argument('--seconds', type=int, default=60, help=argparse.SUPPRESS)
+    p.add_argument('--repeats', type=int, default=2, help=argparse.SUPPRESS)
+    p.add_argument('--threads', type=int, default=2, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.scan, a.seconds, a.repeats, a.threads)))
+        return 0
+    jobs = a.only or ['train', 'infer', 'block', 'length']
+    results = {}
+    for job in jobs:
+        print(f'measuring {job} ...', file=sys.stderr, flush=True)
+        if job == 'train': results[job] = paired('train', a.pairs, repeats=1)
+        elif job == 'infer': results[job] = paired('infer', a.pairs, repeats=3)
+        elif job == 'block': results[job] = run_worker('block', repeats=3, threads=1)
+        else: results[job] = memory_against_length()
+    import torch
+    results['machine'] = dict(cpus=os.cpu_count(), torch=torch.__version__, params=str(PARAMS.relative_to(ROOT)))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(results, indent=1))
+    print(report(results))
+    print(f'wrote {a.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
