@@ -4,16 +4,21 @@
 
 # %% ../nbs/02_signal.ipynb #b6bf80ab
 from __future__ import annotations
-import re
+import logging, re
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 import mne
 import numpy as np
 from scipy import signal as sps
 
+log = logging.getLogger('brain_go_brrr')
+
 # %% auto #0
-__all__ = ['CHANNELS', 'ALIASES', 'TCP_PAIRS', 'MONTAGES', 'WINDOW_CLASSES', 'canonical_channel', 'channel_names', 'SignalError',
-           'read_eeg', 'filter_sections', 'preprocess', 'window_starts', 'window_classes']
+__all__ = ['log', 'CHANNELS', 'ALIASES', 'TCP_PAIRS', 'MONTAGES', 'EDF_MAGIC', 'BDF_MAGIC', 'ANNOTATION_LABELS', 'VOLTS_PER_UNIT',
+           'WINDOW_CLASSES', 'canonical_channel', 'channel_reference', 'channel_names', 'SignalError',
+           'read_edf_header', 'volts_per_unit', 'read_eeg', 'filter_sections', 'preprocess', 'window_starts',
+           'window_classes']
 
 # %% ../nbs/02_signal.ipynb #87cb717a
 CHANNELS = ('FP1', 'FP2', 'F3', 'F4', 'C3', 'C4', 'P3', 'P4', 'O1', 'O2',
@@ -26,11 +31,17 @@ TCP_PAIRS = (('FP1', 'F7'), ('F7', 'T3'), ('T3', 'T5'), ('T5', 'O1'), ('FP2', 'F
 MONTAGES = ('referential', 'tcp')
 
 # %% ../nbs/02_signal.ipynb #cd48ccba
+_REFERENCE = re.compile(r'-(REF|LE|AR|AVG|A1|A2|M1|M2)$', re.I)
+
 def canonical_channel(label: str) -> str:
     "`EEG FP1-REF`, `EEG FP1-LE`, `Fp1`, `T7` -> `FP1`, `FP1`, `FP1`, `T3`."
-    name = re.sub(r'^EEG\s+', '', label.strip(), flags=re.I)
-    name = re.sub(r'-(REF|LE|AR|AVG|A1|A2|M1|M2)$', '', name, flags=re.I).upper()
+    name = _REFERENCE.sub('', re.sub(r'^EEG\s+', '', label.strip(), flags=re.I)).upper()
     return ALIASES.get(name, name)
+
+def channel_reference(label: str) -> str:
+    "The reference a label names: `EEG T4-A2` -> `A2`, `EEG FP1-ref` -> `REF`, `Fp1` -> `` (none named)."
+    m = _REFERENCE.search(label.strip())
+    return m[1].upper() if m else ''
 
 def channel_names(montage: str = 'referential') -> list[str]:
     "Output channel names of a montage, in order."
@@ -41,16 +52,63 @@ def channel_names(montage: str = 'referential') -> list[str]:
 class SignalError(ValueError):
     "An EDF that cannot be used; the message names the file and the reason."
 
+# %% ../nbs/02_signal.ipynb #300df1a7
+EDF_MAGIC, BDF_MAGIC = b'0       ', b'\xffBIOSEMI'
+ANNOTATION_LABELS = ('EDF Annotations', 'BDF Annotations')
+
+def _text(field: bytes) -> str:
+    "A header field as text: UTF-8 where it decodes, else latin-1 (so `µ` is read as either 0xC2 0xB5 or 0xB5)."
+    try: return field.decode('utf-8').strip()
+    except UnicodeDecodeError: return field.decode('latin-1').strip()
+
+def read_edf_header(path) -> dict:
+    "What decides how to read an EDF/BDF: the format (by its first bytes), the EDF+ type, and each signal's fields."
+    with open(path, 'rb') as f: head = f.read(256)
+    if len(head) < 256: raise SignalError(f'{path}: not an EDF file (only {len(head)} bytes)')
+    fmt = {EDF_MAGIC: 'EDF', BDF_MAGIC: 'BDF'}.get(head[:8])
+    if fmt is None:
+        raise SignalError(f"{path}: cannot read the EDF header: it starts with {head[:8]!r}, neither EDF ('0' and "
+                          "7 spaces) nor BDF (0xFF 'BIOSEMI'); the file is damaged or in another format")
+    try:
+        ns = int(head[252:256])
+        with open(path, 'rb') as f: f.seek(256); signals = f.read(256 * max(ns, 0))
+        field = lambda at, width: [signals[ns * at + i * width:ns * at + (i + 1) * width] for i in range(ns)]
+        return dict(format=fmt, reserved=head[192:236].decode('latin-1').strip(), n_header=int(head[184:192]),
+                    n_records=int(head[236:244]), labels=[x.decode('latin-1').strip() for x in field(0, 16)],
+                    units=[_text(x) for x in field(96, 8)], samples=[int(x) for x in field(216, 8)])
+    except ValueError:
+        raise SignalError(f'{path}: cannot read the EDF header (a number field does not parse)') from None
+
+# %% ../nbs/02_signal.ipynb #ebff6655
+VOLTS_PER_UNIT = {'v': 1.0, 'mv': 1e-3, 'uv': 1e-6, 'microv': 1e-6, 'nv': 1e-9}
+
+def volts_per_unit(unit: str) -> float | None:
+    "Volts in one `unit` (`V`, `mV`, `uV`, `µV`, `μV`, `UV`, `microV`, `nV`); None when blank or unknown."
+    key = unit.strip().replace('\u00b5', 'u').replace('\u03bc', 'u').replace('\x83\u00ca', 'u')  # micro, mu, SJIS mu
+    return VOLTS_PER_UNIT.get(key.lower())
+
 # %% ../nbs/02_signal.ipynb #4f88bbbf
 def _pick_canonical(raw_names: list[str], wanted: list[str], path) -> list[str]:
-    "Raw channel names for each wanted canonical name (first match wins)."
+    "Raw channel names for each wanted canonical name; of several, the one referenced like most of the others."
     found = {}
-    for name in raw_names: found.setdefault(canonical_channel(name), name)
+    for name in raw_names: found.setdefault(canonical_channel(name), []).append(name)
     missing = [c for c in wanted if c not in found]
     if missing:
         raise SignalError(f'{path}: missing channel(s) {", ".join(missing)} '
-                          f'(found {len(raw_names)}: {", ".join(raw_names[:25])}); need {len(wanted)} of the 10-20 system')
-    return [found[c] for c in wanted]
+                          f'(found {len(raw_names)}: {", ".join(raw_names[:25])}); '
+                          f'need {len(wanted)} of the 10-20 system')
+    ref = Counter(channel_reference(n) for c in wanted for n in found[c]).most_common(1)[0][0]
+    return [_pick_one(found[c], c, ref, path) for c in wanted]
+
+def _pick_one(names: list[str], channel: str, ref: str, path) -> str:
+    "The one of `names` referenced to `ref`; say which was taken when there was a choice."
+    same_ref = [n for n in names if channel_reference(n) == ref] or names
+    if len(same_ref) > 1:
+        raise SignalError(f'{path}: duplicate label {channel}: {", ".join(same_ref)} (the other channels are '
+                          f'referenced to {ref or "nothing named"}); keep one: rename or drop the others in the header')
+    if len(names) > 1:
+        log.warning(f'{path}: {channel} is in {", ".join(names)}; took {same_ref[0]}, referenced like the others')
+    return same_ref[0]
 
 # %% ../nbs/02_signal.ipynb #9fe7e1ae
 def _check_samples(data: np.ndarray, names: list[str], path) -> None:
@@ -62,35 +120,62 @@ def _check_samples(data: np.ndarray, names: list[str], path) -> None:
     if flat: raise SignalError(f'{path}: flat channel(s) {", ".join(flat)} (peak-to-peak below 0.001 µV)')
 
 # %% ../nbs/02_signal.ipynb #c282ca0e
-def _check_not_truncated(path) -> None:
+def _check_not_truncated(path, header: dict) -> None:
     "Compare the size an EDF/BDF header declares with the file's size."
-    with open(path, 'rb') as f: head = f.read(256)
-    if len(head) < 256: raise SignalError(f'{path}: not an EDF file (only {len(head)} bytes)')
-    try:
-        n_header, n_records, ns = int(head[184:192]), int(head[236:244]), int(head[252:256])
-        with open(path, 'rb') as f:
-            f.seek(256 + ns * 216)
-            per_record = sum(int(f.read(8)) for _ in range(ns))
-    except ValueError:
-        raise SignalError(f'{path}: cannot read the EDF header (a number field does not parse)') from None
-    width = 3 if head[:1] == b'\xff' else 2  # BDF stores 24-bit samples
-    want, have = n_header + n_records * per_record * width, Path(path).stat().st_size
+    width = 3 if header['format'] == 'BDF' else 2  # BDF stores 24-bit samples
+    n_records = header['n_records']
+    want, have = header['n_header'] + n_records * sum(header['samples']) * width, Path(path).stat().st_size
     if n_records > 0 and have < want:
-        raise SignalError(f'{path}: truncated: the header declares {n_records} data records ({want} bytes), the file has {have} bytes')
+        raise SignalError(f'{path}: truncated: the header declares {n_records} data records ({want} bytes), '
+                          f'the file has {have} bytes')
+
+def _check_continuous(path, header: dict) -> None:
+    if header['reserved'].startswith(('EDF+D', 'BDF+D')):
+        raise SignalError(f'{path}: {header["reserved"][:5]} (discontinuous): read as one signal, its gaps would be '
+                          "joined; split it into continuous EDF+C files (e.g. EDFbrowser's 'Convert EDF+D to EDF+C')")
+
+# %% ../nbs/02_signal.ipynb #57a7adb0
+def _is_edf_or_bdf(path) -> bool:
+    "Told by the first bytes, or by the name when those are damaged."
+    if Path(path).suffix.lower() in ('.edf', '.bdf'): return True
+    if not Path(path).is_file(): return False  # a folder (CTF) or nothing: MNE says what it is
+    with open(path, 'rb') as f: return f.read(8) in (EDF_MAGIC, BDF_MAGIC)
+
+def _open_raw(path, fmt: str):
+    "MNE's reader for the format the header declares, whatever the file is called."
+    reader = mne.io.read_raw_bdf if fmt == 'BDF' else mne.io.read_raw_edf
+    if Path(path).suffix.lower() == f'.{fmt.lower()}': return reader(path, preload=False, verbose='error')
+    with open(path, 'rb') as f: return reader(f, preload=True, verbose='error')
+
+def _rescale(path, raw, header: dict, picks: list[str], unit: str | None) -> np.ndarray:
+    "Per channel: volts per header unit (or per `unit`), over the volts per unit MNE applied."
+    units = [unit if unit is not None else header['units'][header['labels'].index(p)] for p in picks]
+    unknown = [f'{p} ({u!r})' for p, u in zip(picks, units) if volts_per_unit(u) is None]
+    if unknown:
+        raise SignalError(f'{path}: blank or unknown physical dimension in {", ".join(unknown[:5])}: the scale to '
+                          "volts is unknown; if you know the unit, state it: read_eeg(path, unit='uV') (or 'V', 'mV', "
+                          "'nV'), or write it into the header")
+    applied = raw._raw_extras[0]['units']  # MNE's record of what it multiplied each channel by
+    return np.array([volts_per_unit(u) / applied[raw.ch_names.index(p)] for p, u in zip(picks, units)])
 
 # %% ../nbs/02_signal.ipynb #1804ac78
-def read_eeg(path, montage: str = 'referential') -> tuple[np.ndarray, float, list[str]]:
-    "Read an EDF as (data in µV of shape (channels, samples), sfreq, channel names) in the montage's order."
+def read_eeg(path, montage: str = 'referential', unit: str | None = None) -> tuple[np.ndarray, float, list[str]]:
+    """Read an EDF/BDF as (data in µV of shape (channels, samples), sfreq, channel names) in the montage's order.
+    `unit` (`uV`, `mV`...) states the EEG channels' unit, overriding the header's physical dimension."""
     refs = sorted({c for pair in TCP_PAIRS for c in pair}) if montage == 'tcp' else list(CHANNELS)
     channel_names(montage)  # validates the montage name
-    if Path(path).suffix.lower() in ('.edf', '.bdf'): _check_not_truncated(path)
+    header = read_edf_header(path) if _is_edf_or_bdf(path) else None
+    if header: _check_not_truncated(path, header); _check_continuous(path, header)
+    elif unit is not None: raise ValueError(f'{path}: unit= is for EDF and BDF files; MNE reads the unit of this one')
     try:
-        raw = mne.io.read_raw(path, preload=False, verbose='error')
+        raw = _open_raw(path, header['format']) if header else mne.io.read_raw(path, preload=False, verbose='error')
     except Exception as e:
         raise SignalError(f'{path}: cannot read the EDF header ({type(e).__name__}: {e})') from e
-    picks = _pick_canonical(raw.ch_names, refs, path)
+    labels = [l for l in header['labels'] if l not in ANNOTATION_LABELS] if header else raw.ch_names
+    picks = _pick_canonical(labels, refs, path)
+    scale = _rescale(path, raw, header, picks, unit) if header else np.ones(len(picks))
     try:
-        data = raw.get_data(picks=picks) * 1e6
+        data = raw.get_data(picks=picks) * scale[:, None] * 1e6
     except Exception as e:
         raise SignalError(f'{path}: cannot read samples, the file may be truncated ({type(e).__name__}: {e})') from e
     _check_samples(data, refs, path)

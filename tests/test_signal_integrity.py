@@ -1,0 +1,119 @@
+"Issue #12, EDF to array: units, format by header, EDF+D, the reference of a channel, duplicate labels."
+import logging, shutil
+from pathlib import Path
+import mne
+import numpy as np
+import pytest
+
+from brain_go_brrr.signal import CHANNELS, SignalError, read_eeg
+
+THIRD_PARTY = Path(__file__).parent / 'data' / 'third_party'  # origins and licences: README.md there
+
+
+def write_edf(path, labels=None, sfreq=250.0, seconds=4, seed=0) -> Path:
+    "An EDF written by MNE (physical dimension uV), one random signal per label."
+    labels = labels or [f'EEG {c}-REF' for c in CHANNELS] + ['EEG EKG1-REF']
+    data = np.random.default_rng(seed).normal(0, 20e-6, (len(labels), int(sfreq * seconds)))
+    mne.export.export_raw(path, mne.io.RawArray(data, mne.create_info(labels, sfreq, 'eeg'), verbose='error'),
+                          fmt='edf', overwrite=True, verbose='error')
+    return Path(path)
+
+
+def patch_signal_field(path, offset: int, width: int, values: dict) -> Path:
+    "Overwrite a per-signal header field (`offset` in units of ns: 0 label, 96 physical dimension) of signal i."
+    b = bytearray(Path(path).read_bytes()); ns = int(b[252:256])
+    for i, v in values.items():
+        start = 256 + ns * offset + i * width
+        b[start:start + width] = v.ljust(width)
+    Path(path).write_bytes(bytes(b))
+    return Path(path)
+
+
+def set_units(path, unit: bytes) -> Path:
+    "Every EEG channel's physical dimension set to `unit` (the EDF Annotations channel is left alone)."
+    return patch_signal_field(path, 96, 8, {i: unit for i in range(len(CHANNELS) + 1)})
+
+
+# 1. Units: MNE takes any physical dimension but V, mV, uV and latin-1 µV for volts.
+SPELLINGS = [(b'V', 1.0), (b'mV', 1e-3), (b'uV', 1e-6), (b'uv', 1e-6), (b'UV', 1e-6), (b'microV', 1e-6),
+             ('\u00b5V'.encode('utf-8'), 1e-6), ('\u00b5V'.encode('latin-1'), 1e-6), ('\u03bcV'.encode('utf-8'), 1e-6),
+             (b'nV', 1e-9)]
+
+
+@pytest.mark.parametrize('unit,volts', SPELLINGS, ids=[repr(u) for u, _ in SPELLINGS])
+def test_physical_dimension_spellings_give_the_right_scale(tmp_path, unit, volts):
+    x_uv = read_eeg(write_edf(tmp_path / 'uv.edf'))[0]
+    x = read_eeg(set_units(write_edf(tmp_path / 'x.edf'), unit))[0]
+    np.testing.assert_allclose(x, x_uv * (volts / 1e-6), rtol=1e-5)
+
+
+@pytest.mark.parametrize('unit', [b'', b'mmHg'])
+def test_blank_or_unknown_unit_is_refused_until_stated(tmp_path, unit):
+    edf = set_units(write_edf(tmp_path / 'blank.edf'), unit)
+    with pytest.raises(SignalError) as e: read_eeg(edf)
+    assert 'blank.edf' in str(e.value) and 'EEG FP1-REF' in str(e.value) and "unit='uV'" in str(e.value)
+    np.testing.assert_allclose(read_eeg(edf, unit='uV')[0], read_eeg(write_edf(tmp_path / 'uv.edf'))[0])
+
+
+def test_stated_unit_overrides_the_header(tmp_path):
+    wrong = set_units(write_edf(tmp_path / 'wrong.edf'), b'V')  # values are µV, the header says V
+    np.testing.assert_allclose(read_eeg(wrong, unit='uV')[0], read_eeg(write_edf(tmp_path / 'uv.edf'))[0])
+
+
+# 2. The format is told by the header, not the extension.
+def test_bdf_named_edf_is_read_as_bdf(tmp_path):
+    bdf, misnamed = tmp_path / 'rec.bdf', tmp_path / 'rec.edf'
+    shutil.copy(THIRD_PARTY / 'mne_test.bdf', bdf); shutil.copy(THIRD_PARTY / 'mne_test.bdf', misnamed)
+    x, sfreq, _ = read_eeg(bdf)
+    y, sfreq_y, _ = read_eeg(misnamed)
+    assert sfreq == sfreq_y == 2048 and x.shape == (19, 2048)
+    np.testing.assert_array_equal(y, x)
+
+
+def test_edf_named_bdf_is_read_as_edf(tmp_path):
+    edf = write_edf(tmp_path / 'rec.edf')
+    misnamed = tmp_path / 'rec.bdf'; shutil.copy(edf, misnamed)
+    np.testing.assert_array_equal(read_eeg(misnamed)[0], read_eeg(edf)[0])
+
+
+# 3. EDF+D / BDF+D: never joined across a gap.
+def test_discontinuous_edf_is_refused(tmp_path):
+    edf = write_edf(tmp_path / 'gap.edf')
+    b = bytearray(edf.read_bytes()); assert b[192:197] == b'EDF+C'
+    b[192:197] = b'EDF+D'; edf.write_bytes(bytes(b))
+    with pytest.raises(SignalError, match=r'gap\.edf: EDF\+D \(discontinuous\).*EDF\+C'): read_eeg(edf)
+
+
+def test_discontinuous_bdf_is_refused(tmp_path):
+    bdf = tmp_path / 'gap.bdf'; shutil.copy(THIRD_PARTY / 'mne_test.bdf', bdf)
+    b = bytearray(bdf.read_bytes()); b[192:236] = b'BDF+D'.ljust(44); bdf.write_bytes(bytes(b))
+    with pytest.raises(SignalError, match=r'gap\.bdf: BDF\+D \(discontinuous\)'): read_eeg(bdf)
+
+
+# 4. One electrode under two references: take the montage's reference, and say so.
+@pytest.mark.parametrize('ref,other', [('REF', 'A2'), ('LE', 'REF')])
+def test_channel_referenced_like_the_others_is_taken(tmp_path, caplog, ref, other):
+    labels = [f'EEG T4-{other}'] + [f'EEG {c}-{ref}' for c in CHANNELS]  # the other reference comes first
+    edf = write_edf(tmp_path / 'two_refs.edf', labels)
+    with caplog.at_level(logging.WARNING, logger='brain_go_brrr'): x = read_eeg(edf)[0]
+    want = mne.io.read_raw_edf(edf, verbose='error').get_data(picks=[f'EEG T4-{ref}'])[0] * 1e6
+    np.testing.assert_allclose(x[CHANNELS.index('T4')], want, rtol=1e-5)
+    assert f'took EEG T4-{ref}' in caplog.text and 'two_refs.edf' in caplog.text
+
+
+# 5. Duplicate labels are named as such.
+def test_duplicate_label_is_named(tmp_path):
+    edf = write_edf(tmp_path / 'dup.edf', [f'EEG {c}-REF' for c in CHANNELS] + ['EEG XXX-REF'])
+    patch_signal_field(edf, 0, 16, {len(CHANNELS): b'EEG FP1-REF'})
+    with pytest.raises(SignalError) as e: read_eeg(edf)
+    assert 'dup.edf: duplicate label FP1' in str(e.value) and 'missing' not in str(e.value)
+
+
+def test_real_files_headers_are_read_as_written():
+    from brain_go_brrr.signal import _pick_canonical, read_edf_header, volts_per_unit
+    dup = read_edf_header(THIRD_PARTY / 'mne_duplicate_channel_labels.edf')  # MNE renames these EEG F1-Ref-0/-1
+    assert dup['format'] == 'EDF' and dup['reserved'] == 'EDF+C'
+    assert dup['labels'] == ['EEG F1-Ref', 'EEG F2-Ref', 'EEG F1-Ref', 'EDF Annotations']
+    with pytest.raises(SignalError, match='duplicate label F1'): _pick_canonical(dup['labels'][:3], ['F1', 'F2'], 'x')
+    assert [volts_per_unit(u) for u in read_edf_header(THIRD_PARTY / 'mne_test_uneven_samp.edf')['units']] == [1, 1e-6]
+    assert read_edf_header(THIRD_PARTY / 'mne_test.bdf')['format'] == 'BDF'
