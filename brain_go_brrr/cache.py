@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 from . import __version__
-from .tusz import discover, read_annotation, label_mask, EdfFile, AnnotationError
+from .tusz import discover, read_annotation, label_mask, EdfFile, AnnotationError, check_annotation_matches
 from .signal import read_eeg, preprocess, channel_names, window_starts, window_classes, SignalError
 
 # %% auto #0
@@ -116,6 +116,7 @@ def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     data, sfreq_in, _ = read_eeg(f.path, config['montage'])
     ann = read_annotation(f.csv_bi)
     _check_annotation_fits(ann, data.shape[1] / sfreq_in, f.path)
+    check_annotation_matches(ann, f.path, data.shape[1] / sfreq_in)  # bname, # duration, rows to the end
     x = preprocess(data, sfreq_in, config['sfreq'], config['l_freq'], config['h_freq'], config['notch'])
     return x, label_mask(ann.events, x.shape[1], config['sfreq']), dict(split=f.split, session=f.session, montage=f.montage, sfreq_in=sfreq_in)
 

@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from .post import file_events, probs_to_events_sweep
-from .tusz import AnnotationError, read_annotation
+from .tusz import AnnotationError, read_annotation, utf8_text
 
 # %% auto #0
 __all__ = ['SEIZ', 'BCKG', 'LABELS', 'EPOCH_S', 'SECS_PER_DAY', 'SCORERS', 'FA_TARGETS', 'THRESHOLDS', 'POINT_SCORERS',
@@ -294,7 +294,7 @@ def pair_by_bname(refs: Sequence[Annotation], hyps: Sequence[Annotation]) -> lis
                               'list; add its reference or drop the hypothesis')
     if missing := [r for r in refs if r.bname not in by_bname]:
         raise AnnotationError(f'{missing[0].where()}: reference {missing[0].bname} has no hypothesis '
-                              f'({len(missing)} missing); write one (an empty file means "no seizure")')
+                              f'({len(missing)} missing); write one (its header with no rows means "no seizure")')
     return [(ref, by_bname[ref.bname]) for ref in refs]
 
 
@@ -305,9 +305,9 @@ def score(refs: Sequence[Annotation], hyps: Sequence[Annotation], scorers: Seque
 
 # %% ../nbs/10_scoring.ipynb #f5e4edb5
 def read_list(list_path) -> list[Annotation]:
-    "The annotations named in a list file, one path a line; relative paths resolve against the list's folder."
+    "The annotations named in a UTF-8 list file, one path a line; relative paths resolve against the list's folder."
     list_path, anns = Path(list_path), []
-    for lineno, line in enumerate(list_path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(utf8_text(list_path).splitlines(), 1):  # a BOM dropped, latin-1 refused
         if not (line := line.strip()) or line.startswith('#'): continue
         path = list_path.parent / line
         if not path.is_file():

@@ -4,16 +4,16 @@
 
 # %% ../nbs/01_tusz.ipynb #c329998a
 from __future__ import annotations
-import argparse, re, sys
+import argparse, math, re, sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['SPLITS', 'SEIZURE_TYPES', 'LABELS', 'EdfFile', 'parse_edf_path', 'discover', 'subjects_in_several_splits',
-           'check_splits', 'check_splits_cli', 'AnnotationError', 'Event', 'Annotation', 'read_annotation',
-           'label_mask', 'mask_events']
+__all__ = ['SPLITS', 'SEIZURE_TYPES', 'LABELS', 'RECORDING_SUFFIXES', 'COLUMNS', 'EdfFile', 'parse_edf_path', 'discover',
+           'subjects_in_several_splits', 'check_splits', 'check_splits_cli', 'AnnotationError', 'Event', 'Annotation',
+           'utf8_text', 'read_annotation', 'check_annotation_matches', 'label_mask', 'mask_events']
 
 # %% ../nbs/01_tusz.ipynb #2d560e8f
 SPLITS = ('train', 'dev', 'eval')
@@ -51,8 +51,18 @@ def parse_edf_path(path: Path, root: Path) -> EdfFile:
     return EdfFile(path, split, subject, m['session'] if m else '', montage, m['token'] if m else '')
 
 # %% ../nbs/01_tusz.ipynb #3da2eb15
+RECORDING_SUFFIXES = ('.edf', '.bdf')  # compared lower-cased
+
+def _one_recording_per_stem(paths: list[Path]) -> None:
+    "`x.edf` beside `x.bdf` would share one bname, one `.csv_bi` and one cache entry: refuse rather than pick."
+    by_stem = defaultdict(list)
+    for p in paths: by_stem[p.with_suffix('')].append(p)
+    if clash := next((v for v in by_stem.values() if len(v) > 1), None):
+        raise ValueError(f'{clash[0].parent}: {" and ".join(p.name for p in clash)} are two recordings with one name '
+                         '(one bname, one .csv_bi); keep one of them')
+
 def discover(data_dir, split: str | None = None) -> list[EdfFile]:
-    "Every EDF under `data_dir/edf/` (optionally one split), sorted by path."
+    "Every EDF or BDF (any case) under `data_dir/edf/` (optionally one split), sorted by path."
     root = Path(data_dir)
     if not (root / 'edf').is_dir():
         raise FileNotFoundError(f"{root}: no 'edf/' folder here. Pass the corpus root (the folder that contains edf/), "
@@ -60,7 +70,9 @@ def discover(data_dir, split: str | None = None) -> list[EdfFile]:
     if split is not None and split not in SPLITS:
         raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
     base = root / 'edf' / split if split else root / 'edf'
-    return [parse_edf_path(p, root) for p in sorted(base.rglob('*.edf'))]
+    paths = sorted(p for p in base.rglob('*') if p.suffix.lower() in RECORDING_SUFFIXES and p.is_file())
+    _one_recording_per_stem(paths)
+    return [parse_edf_path(p, root) for p in paths]
 
 # %% ../nbs/01_tusz.ipynb #38099c6e
 def subjects_in_several_splits(files: list[EdfFile]) -> dict[str, list[str]]:
@@ -108,19 +120,37 @@ class Annotation:
     path: Path
     duration: float | None
     events: tuple[Event, ...]
+    bname: str | None = None
+    lines: dict = field(default_factory=dict, compare=False)  # line of 'bname', 'duration', 'columns', for messages
 
     def seizures(self) -> list[Event]:
         "Events with a seizure label (`seiz` or a seizure type)."
         return [e for e in self.events if e.label in SEIZURE_TYPES]
 
 # %% ../nbs/01_tusz.ipynb #a50da50a
+COLUMNS = 'channel,start_time,stop_time,label,confidence'
+
+def utf8_text(path) -> str:
+    "The text of `path`, UTF-8 with or without a BOM; any other byte is an `AnnotationError` naming file and line."
+    data = Path(path).read_bytes()
+    try: return data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        lineno = data[:e.start].count(b'\n') + 1
+        raise AnnotationError(f'{path}:{lineno}: byte 0x{data[e.start]:02x} is not UTF-8 '
+                              '(a latin-1 or Windows-1252 file?); save it as UTF-8') from None
+
+def _number(text: str, what: str, path: Path, lineno: int) -> float:
+    try: x = float(text)
+    except ValueError: x = math.nan
+    if not math.isfinite(x): raise AnnotationError(f'{path}:{lineno}: {what} must be a finite number, got {text!r}')
+    return x
+
 def _event_from(row: str, path: Path, lineno: int) -> Event:
     fields = [x.strip() for x in row.split(',')]
-    if len(fields) != 5:
-        raise AnnotationError(f'{path}:{lineno}: expected 5 fields channel,start_time,stop_time,label,confidence, got {row!r}')
+    if len(fields) != 5: raise AnnotationError(f'{path}:{lineno}: expected 5 fields {COLUMNS}, got {row!r}')
     channel, start, stop, label, conf = fields
-    try: start, stop, conf = float(start), float(stop), float(conf)
-    except ValueError: raise AnnotationError(f'{path}:{lineno}: times and confidence must be numbers: {row!r}') from None
+    start, stop = _number(start, 'start_time', path, lineno), _number(stop, 'stop_time', path, lineno)
+    conf = _number(conf, 'confidence', path, lineno)
     if label not in LABELS:
         raise AnnotationError(f'{path}:{lineno}: unknown label {label!r}; expected one of {", ".join(LABELS)}')
     if not stop > start >= 0:
@@ -128,24 +158,73 @@ def _event_from(row: str, path: Path, lineno: int) -> Event:
                               '(or start is negative); fix the times or drop the row')
     return Event(channel, start, stop, label, conf, lineno)
 
+# %% ../nbs/01_tusz.ipynb #c3e960bf
+def _text_of_whole_file(path: Path) -> str:
+    "The file's text, refused when empty or when it stops inside a line (a partial copy or write)."
+    text = utf8_text(path)
+    if not text.strip():
+        raise AnnotationError(f'{path}: empty file; an annotation has its header and column line, and a seizure-free '
+                              'recording one bckg row: write the file again')
+    if '\n' not in text[len(text.rstrip()):]:
+        lines = text.splitlines()
+        raise AnnotationError(f'{path}:{len(lines)}: no newline after {lines[-1].strip()!r}: the file looks cut off '
+                              'there; copy it again, or end the line if it is whole')
+    return text
+
 def read_annotation(path) -> Annotation:
-    "Parse a TUSZ `.csv_bi` or `.csv` file; `AnnotationError` names the file and line of any bad row."
+    "Parse a TUSZ `.csv_bi` or `.csv` file; `AnnotationError` names the file and line of anything it refuses."
     path = Path(path)
     if not path.exists():
         raise AnnotationError(f'{path}: annotation file missing (every EDF needs its .csv_bi beside it)')
-    duration, events = None, []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    header, lines, events = {}, {}, []
+    for lineno, line in enumerate(_text_of_whole_file(path).splitlines(), 1):
         line = line.strip()
         if not line: continue
         if line.startswith('#'):
-            m = re.match(r'#\s*duration\s*=\s*([\d.]+)', line)
-            if m: duration = float(m[1])
-        elif not line.startswith('channel,'):
-            events.append(_event_from(line, path, lineno))
+            if m := re.match(r'#\s*(\w+)\s*=\s*(.*)', line): header[m[1]], lines[m[1]] = m[2].strip(), lineno
+        elif line.startswith('channel,'): lines['columns'] = lineno
+        else: events.append(_event_from(line, path, lineno))
+    if 'columns' not in lines:
+        raise AnnotationError(f'{path}:{lineno}: no column line {COLUMNS!r}: the header is cut off or this is not '
+                              'a TUSZ annotation file')
+    bname = header.get('bname')
+    if bname is not None and bname not in (path.stem, path.name.split('.')[0]):  # scoring pairs by the first part
+        raise AnnotationError(f'{path}:{lines["bname"]}: # bname = {bname} names another recording than {path.name}; '
+                              'fix the header or the file name')
+    duration = None
+    if 'duration' in header:  # '1289.0000 secs', '5.84e2 secs'
+        duration = _number((header['duration'].split() or [''])[0], '# duration', path, lines['duration'])
     if duration is not None and (late := [e for e in events if round(e.stop, 4) > round(duration, 4)]):
         raise AnnotationError(f'{path}:{late[0].line}: event stops at {late[0].stop} s, after the '
                               f'# duration of {duration} s; clip it to the recording')
-    return Annotation(path, duration, tuple(events))
+    return Annotation(path, duration, tuple(events), bname, lines)
+
+# %% ../nbs/01_tusz.ipynb #4db15ff6
+def _at(ann: Annotation, item: str) -> str:
+    "'file:line' of a header item ('bname', 'duration', 'columns'), or the file alone when the line is unknown."
+    return f'{ann.path}:{ann.lines[item]}' if item in ann.lines else str(ann.path)
+
+def check_annotation_matches(ann: Annotation, edf, n_seconds: float, tolerance: float = 1.0) -> Annotation:
+    "`ann` if it annotates `edf` of `n_seconds`: its bname, its # duration within `tolerance`, rows to the end."
+    edf = Path(edf)
+    if ann.bname is not None and ann.bname != edf.stem:
+        raise AnnotationError(f'{_at(ann, "bname")}: # bname = {ann.bname} names another recording than {edf.name}; '
+                              'put each annotation beside its own EDF')
+    if ann.duration is None:
+        raise AnnotationError(f'{ann.path}: no "# duration = N secs" header line to check against {edf.name}; add it')
+    if abs(ann.duration - n_seconds) > tolerance:
+        raise AnnotationError(f'{_at(ann, "duration")}: # duration {ann.duration} s disagrees with {edf.name} '
+                              f'({n_seconds:.4f} s) by more than {tolerance} s: one of the two is cut off '
+                              'or they are not one recording')
+    if not ann.events:
+        raise AnnotationError(f'{_at(ann, "columns")}: no rows; a TUSZ annotation covers its recording '
+                              '(a seizure-free one with one bckg row): the file was cut off or written empty')
+    for channel in dict.fromkeys(e.channel for e in ann.events):
+        last = max((e for e in ann.events if e.channel == channel), key=lambda e: e.stop)
+        if last.stop < ann.duration - tolerance:
+            raise AnnotationError(f'{ann.path}:{last.line}: channel {channel} stops at {last.stop} s, before the '
+                                  f'# duration of {ann.duration} s: the file looks cut off; copy it again')
+    return ann
 
 # %% ../nbs/01_tusz.ipynb #28f2ca4e
 def label_mask(events, n_samples: int, sfreq: float) -> np.ndarray:
