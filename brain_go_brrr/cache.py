@@ -4,10 +4,11 @@
 
 # %% ../nbs/04_cache.ipynb #b148134b
 from __future__ import annotations
-import argparse, fcntl, json, os, shutil, sys, time
+import argparse, fcntl, hashlib, json, os, shutil, signal, sys, threading, time
+from collections import defaultdict
 from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
@@ -16,14 +17,19 @@ from .tusz import discover, read_annotation, label_mask, EdfFile, AnnotationErro
 from .signal import read_eeg, preprocess, channel_names, window_starts, window_classes, SignalError
 
 # %% auto #0
-__all__ = ['CONFIG_FILE', 'LOCK_FILE', 'STATS_FILE', 'write_cache_config', 'write_recording', 'write_failure', 'Recording',
-           'Cache', 'open_cache', 'preprocessing_config', 'load_tusz', 'cache_recording', 'cache_lock', 'cache_files',
-           'build_cache', 'scan_cache', 'format_scan', 'clean_cache', 'build_cache_cli', 'scan_cache_cli',
-           'clean_cache_cli']
+__all__ = ['CONFIG_FILE', 'LOCK_FILE', 'STATS_FILE', 'ARRAYS', 'CacheError', 'file_digest', 'source_identity',
+           'write_cache_config', 'write_recording', 'drop_recording', 'write_failure', 'Recording', 'Cache',
+           'open_cache', 'entry_problems', 'verify_cache', 'check_cache_splits', 'preprocessing_config', 'load_tusz',
+           'cache_recording', 'cache_lock', 'cache_files', 'build_cache', 'scan_cache', 'format_scan', 'clean_cache',
+           'build_cache_cli', 'scan_cache_cli', 'clean_cache_cli']
 
 # %% ../nbs/04_cache.ipynb #b1d868ea
 CONFIG_FILE, LOCK_FILE = 'cache.json', '.lock'
 STATS_FILE = 'norm_stats.json'  # the training run's statistics of this cache, kept beside it
+ARRAYS = ('signal', 'labels')
+
+class CacheError(ValueError):
+    "A cache whose files do not match its manifest, or that cannot be read."
 
 def _atomic_write(path: Path, write) -> None:
     "Call `write(file)` on a temporary file beside `path`, then rename it into place."
@@ -34,36 +40,82 @@ def _atomic_write(path: Path, write) -> None:
 def _write_json(path: Path, obj) -> None:
     _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
+def file_digest(path, chunk: int = 1 << 20) -> str:
+    "blake2b (128 bits) of a file's bytes: what an entry records of each array, and `verify_cache` recomputes."
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, 'rb') as f:
+        while b := f.read(chunk): h.update(b)
+    return h.hexdigest()
+
+# %% ../nbs/04_cache.ipynb #3d7cce2d
+def _edf_header(path) -> bytes:
+    "The EDF/BDF header: its length is written at bytes 184-192 (256 bytes when that field is unreadable)."
+    with open(path, 'rb') as f:
+        head = f.read(256)
+        try: n = int(head[184:192])
+        except ValueError: n = 256
+        return head + f.read(min(max(n, 256), 1 << 20) - 256)
+
+def source_identity(f) -> dict:
+    "Size, modification time and a hash of header and annotation of `f`'s files: a rebuild redoes `f` when any differ."
+    st, h = Path(f.path).stat(), hashlib.blake2b(_edf_header(f.path), digest_size=16)
+    ann = getattr(f, 'csv_bi', None)  # TUSZ; a TUAB file has no annotation
+    if ann is not None and Path(ann).exists(): h.update(Path(ann).read_bytes())
+    return dict(size=st.st_size, mtime_ns=st.st_mtime_ns, hash=h.hexdigest())
+
 # %% ../nbs/04_cache.ipynb #6b2a3554
+def _settings_diff(old: dict, new: dict) -> str:
+    "'; '-joined settings that differ ('' when none); the package version may change without a rebuild."
+    return '; '.join(f'{k}: {old.get(k)!r} there, {v!r} now' for k, v in new.items()
+                     if k != 'version' and old.get(k) != v)
+
+def _entries(root: Path, sub: str = 'recordings') -> dict[str, dict]:
+    "The manifest entries (or failures) of a cache folder, by token."
+    return {p.name[:-5]: json.loads(p.read_text()) for p in sorted((root / sub).glob('*.json'))}
+
 def write_cache_config(cache_dir, config: dict) -> None:
-    "Create a cache folder described by `config` (refuses one built with a different config)."
+    "Create a cache folder described by `config`; refuses one built with another config, even without its `cache.json`."
     root = Path(cache_dir)
+    fix = f'Use another --cache-dir, or remove it with `python -m brain_go_brrr clean-cache --cache-dir {root}`.'
     if (root / CONFIG_FILE).exists():
-        old = json.loads((root / CONFIG_FILE).read_text())
-        diff = {k: (old.get(k), v) for k, v in config.items() if k not in ('version',) and old.get(k) != v}
-        if diff:
-            raise ValueError(f'{root / CONFIG_FILE}: this cache was built with other settings '
-                             f'({"; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())}). '
-                             'Use another --cache-dir, or remove it with clean-cache.')
+        if diff := _settings_diff(json.loads((root / CONFIG_FILE).read_text()), config):
+            raise ValueError(f'{root / CONFIG_FILE}: this cache was built with other settings ({diff}). {fix}')
         return
+    for token, e in _entries(root).items():  # cache.json lost: each entry still says what it was built with
+        if 'config' not in e or (diff := _settings_diff(e['config'], config)):
+            why = f'other settings ({diff})' if 'config' in e else 'settings it did not record'
+            raise ValueError(f'{root / "recordings" / token}.json: {CONFIG_FILE} is missing and this recording '
+                             f'was built with {why}. {fix}')
     (root / 'recordings').mkdir(parents=True, exist_ok=True)
     (root / 'failed').mkdir(exist_ok=True)
     _write_json(root / CONFIG_FILE, config)
 
 # %% ../nbs/04_cache.ipynb #4ef15c59
 def write_recording(cache_dir, token: str, signal: np.ndarray, labels: np.ndarray, subject: str, **meta) -> None:
-    "Add one recording: both arrays first, the manifest entry last, each renamed into place."
+    "Add or replace one recording: its old entry goes first, then both arrays, the entry with their checksums last."
     rec = Path(cache_dir) / 'recordings'
     if signal.shape[-1] != len(labels): raise ValueError(f'{token}: {signal.shape[-1]} samples but {len(labels)} labels')
-    _atomic_write(rec / f'{token}.signal.npy', lambda f: np.save(f, np.ascontiguousarray(signal, np.float32)))
-    _atomic_write(rec / f'{token}.labels.npy', lambda f: np.save(f, np.ascontiguousarray(labels, np.uint8)))
+    (rec / f'{token}.json').unlink(missing_ok=True)  # an entry never describes arrays being replaced
+    arrays = dict(signal=np.ascontiguousarray(signal, np.float32), labels=np.ascontiguousarray(labels, np.uint8))
+    for kind, a in arrays.items(): _atomic_write(rec / f'{token}.{kind}.npy', lambda f, a=a: np.save(f, a))
+    paths = {kind: rec / f'{token}.{kind}.npy' for kind in ARRAYS}
+    files = {kind: dict(bytes=p.stat().st_size, blake2b=file_digest(p)) for kind, p in paths.items()}
     _write_json(rec / f'{token}.json', dict(token=token, subject=subject, n_samples=int(signal.shape[-1]),
-                                            seizure_samples=int(np.count_nonzero(labels)), **meta))
+                                            seizure_samples=int(np.count_nonzero(labels)), arrays=files, **meta))
     (Path(cache_dir) / 'failed' / f'{token}.json').unlink(missing_ok=True)
 
-def write_failure(cache_dir, token: str, source, reason: str) -> None:
-    "Record why a recording could not be used."
-    _write_json(Path(cache_dir) / 'failed' / f'{token}.json', dict(token=token, source=str(source), reason=reason))
+def drop_recording(cache_dir, token: str) -> None:
+    "Remove a recording and its failure: the entry first, so a kill midway leaves arrays that nothing loads."
+    rec = Path(cache_dir) / 'recordings'
+    (rec / f'{token}.json').unlink(missing_ok=True)
+    for p in (*(rec / f'{token}.{k}.npy' for k in ARRAYS), Path(cache_dir) / 'failed' / f'{token}.json'):
+        p.unlink(missing_ok=True)
+
+def write_failure(cache_dir, token: str, source, reason: str, **meta) -> None:
+    "Record why a recording could not be used (and drop what an earlier build cached of it)."
+    drop_recording(cache_dir, token)
+    _write_json(Path(cache_dir) / 'failed' / f'{token}.json',
+                dict(token=token, source=str(source), reason=reason, **meta))
 
 # %% ../nbs/04_cache.ipynb #459901bc
 @dataclass(frozen=True)
@@ -75,6 +127,9 @@ class Recording:
     seizure_samples: int
     split: str = ''
     source: str = ''
+    source_id: dict = field(default_factory=dict, hash=False, compare=False)  # `source_identity` when it was cached
+    arrays: dict = field(default_factory=dict, hash=False, compare=False)     # kind -> {bytes, blake2b}
+    config: dict = field(default_factory=dict, hash=False, compare=False)     # the settings it was built with
 
 class Cache:
     "A built cache: config, recordings, failures, and memory-mapped arrays."
@@ -85,17 +140,71 @@ class Cache:
                                     f'`python -m brain_go_brrr build-cache --data-dir D --cache-dir {self.root} --split train`')
         self.config = json.loads((self.root / CONFIG_FILE).read_text())
         fields = Recording.__dataclass_fields__
-        self.recordings = [Recording(**{k: v for k, v in json.loads(p.read_text()).items() if k in fields})
-                           for p in sorted((self.root / 'recordings').glob('*.json'))]
-        self.failures = [json.loads(p.read_text()) for p in sorted((self.root / 'failed').glob('*.json'))]
+        self.recordings = [Recording(**{k: v for k, v in e.items() if k in fields})
+                           for e in _entries(self.root).values()]
+        self.failures = list(_entries(self.root, 'failed').values())
 
     def _path(self, rec, kind): return self.root / 'recordings' / f'{getattr(rec, "token", rec)}.{kind}.npy'
-    def signal(self, rec) -> np.ndarray: return np.load(self._path(rec, 'signal'), mmap_mode='r')
-    def labels(self, rec) -> np.ndarray: return np.load(self._path(rec, 'labels'), mmap_mode='r')
+    def _load(self, rec, kind) -> np.ndarray:
+        try: return np.load(self._path(rec, kind), mmap_mode='r')
+        except (OSError, ValueError) as e:  # truncated or overwritten: say which file, and how to redo it
+            raise CacheError(f'{self._path(rec, kind)}: cannot be read ({e}). {self.repair_hint()}') from None
+    def signal(self, rec) -> np.ndarray: return self._load(rec, 'signal')
+    def labels(self, rec) -> np.ndarray: return self._load(rec, 'labels')
     def __len__(self): return len(self.recordings)
     def __repr__(self): return f'Cache({str(self.root)!r}: {len(self)} recordings, {len(self.failures)} failed)'
 
+    def repair_hint(self) -> str:
+        c = self.config
+        build = (f'python -m brain_go_brrr build-cache --data-dir {c.get("data_dir")} --cache-dir {self.root} '
+                 f'--split {c.get("split")} --montage {c.get("montage")} --verify' if c.get('corpus') == 'tusz'
+                 else f'its build with verify=True (cache_files)')
+        return f'Redo the damaged recordings with `{build}`, or remove the cache with clean-cache and build it again.'
+
+    @property
+    def fingerprint(self) -> str:
+        "A hash of the settings and every array's checksum: statistics of the cache record it, stale when it changes."
+        settings = {k: v for k, v in self.config.items() if k != 'version'}
+        h = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=16)
+        for r in self.recordings: h.update(json.dumps([r.token, r.arrays], sort_keys=True).encode())
+        return h.hexdigest()
+
 def open_cache(cache_dir) -> Cache: return Cache(cache_dir)
+
+# %% ../nbs/04_cache.ipynb #ad42827d
+def entry_problems(cache: Cache, rec: Recording, digest: bool = True) -> list[str]:
+    "What is wrong with a recording's arrays: no checksums, other settings, missing, other size or blake2b (`digest`)."
+    where = cache._path(rec, 'signal')
+    if set(rec.arrays) != set(ARRAYS): return [f'{where}: its entry records no checksums (an older build)']
+    if rec.config and (diff := _settings_diff(rec.config, cache.config)): return [f'{where}: built with {diff}']
+    out = []
+    for kind, want in rec.arrays.items():
+        p = cache._path(rec, kind)
+        if not p.is_file(): out.append(f'{p}: missing')
+        elif (n := p.stat().st_size) != want['bytes']:
+            out.append(f'{p}: {n} bytes, the manifest says {want["bytes"]} (truncated?)')
+        elif digest and file_digest(p) != want['blake2b']:
+            out.append(f'{p}: blake2b differs from the manifest (bytes changed)')
+    return out
+
+def verify_cache(cache_dir) -> Cache:
+    "Open a cache and check every array's size and blake2b against its entry; raise naming each bad file and the fix."
+    cache = open_cache(cache_dir)
+    if bad := [why for rec in cache.recordings for why in entry_problems(cache, rec)]:
+        raise CacheError(f'{cache.root}: {len(bad)} damaged array(s):\n  ' + '\n  '.join(bad)
+                         + f'\n{cache.repair_hint()}')
+    return cache
+
+def check_cache_splits(cache_dirs) -> None:
+    "Refuse caches that share a subject (a train/dev leak), read from their manifests: for the caches training reads."
+    where = defaultdict(list)
+    for d in cache_dirs:
+        for s in sorted({r.subject for r in open_cache(d).recordings}): where[s].append(str(d))
+    if leaks := {s: ds for s, ds in where.items() if len(ds) > 1}:
+        raise ValueError(f'{len(leaks)} subject(s) in more than one cache: '
+                         + '; '.join(f'{s} in {" and ".join(ds)}' for s, ds in sorted(leaks.items()))
+                         + '. Build each cache again (a build drops recordings whose EDF left its split); '
+                         'if the corpus is the cause, `python -m brain_go_brrr check-splits --data-dir D` names them.')
 
 # %% ../nbs/04_cache.ipynb #bbbfdd45
 def preprocessing_config(data_dir, split: str, montage: str = 'referential', sfreq: float = 256.0,
@@ -123,12 +232,14 @@ def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
 def cache_recording(f, cache_dir, config: dict, load=load_tusz) -> tuple[str, str]:
     "Preprocess one file with `load` into the cache; returns (bname, '') or (bname, why it failed)."
     try:
+        source_id = source_identity(f)  # before reading: an edit during the build makes the next build redo it
         x, labels, meta = load(f, config)
-        write_recording(cache_dir, f.bname, x, labels, f.subject, source=str(f.path), **meta)
+        write_recording(cache_dir, f.bname, x, labels, f.subject, source=str(f.path), source_id=source_id,
+                        config=config, **meta)
         return f.bname, ''
     except Exception as e:  # corrupt input is recorded and skipped, never fatal to a build
         reason = str(e) if isinstance(e, (SignalError, AnnotationError)) else f'{f.path}: {type(e).__name__}: {e}'
-        write_failure(cache_dir, f.bname, f.path, reason)
+        write_failure(cache_dir, f.bname, f.path, reason, config=config)
         return f.bname, reason
 
 # %% ../nbs/04_cache.ipynb #3a464ba6
@@ -136,36 +247,73 @@ def _remove_temporaries(cache_dir: Path) -> None:
     "Leftovers of a killed build: temporary files that were never renamed into place."
     for p in cache_dir.glob('*/.*.tmp'): p.unlink(missing_ok=True)
 
+_HELD_HERE: dict[str, threading.Lock] = {}  # a POSIX lock does not exclude threads of its own process: this does
+
 @contextmanager
 def cache_lock(cache_dir):
-    "Hold the cache's lock: runs that share a cache (two notebooks, several jobs) take turns writing it."
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(cache_dir) / LOCK_FILE, 'w') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+    """Hold the cache's lock: runs that share a cache (two notebooks, several jobs) take turns writing it.
+    A `lockf` lock belongs to this process alone, not to the pool workers it forks (a `flock` did, and outlived a
+    `kill -9` of the build in them), and ends with its owner."""
+    root = Path(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    with _HELD_HERE.setdefault(str(root.resolve()), threading.Lock()), open(root / LOCK_FILE, 'w') as f:
+        fcntl.lockf(f, fcntl.LOCK_EX)
+        yield
 
-def cache_files(files, cache_dir, config: dict, load=load_tusz, workers: int = 1, progress: bool = True) -> None:
-    "Cache every file of `files` not cached yet (resumes a killed build), each with `load`; any corpus's builds run here."
+def _die_with(parent: int) -> None:
+    "Pool worker start-up: end with the build, so a killed build leaves no worker writing into the cache."
+    if sys.platform == 'linux':
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent: os._exit(1)  # the build died before prctl
+
+def _check_one_file_per_name(files) -> None:
+    "Two recordings with one file name (possible outside TUSZ naming) would share one entry: refuse, naming both."
+    paths = defaultdict(list)
+    for f in files: paths[f.bname].append(str(f.path))
+    if clash := next((ps for ps in paths.values() if len(ps) > 1), None):
+        raise ValueError(f'{" and ".join(clash)}: {len(clash)} recordings named {Path(clash[0]).stem!r}, and a cache '
+                         'keeps one entry per name; rename one of them (e.g. prefix its subject: <subject>_<name>)')
+
+def _tokens(root: Path) -> set[str]:
+    "Every token with an entry, a failure or an array in the cache."
+    arrays = {p.name.rsplit('.', 2)[0] for p in (root / 'recordings').glob('*.npy')}
+    return set(_entries(root)) | set(_entries(root, 'failed')) | arrays
+
+def cache_files(files, cache_dir, config: dict, load=load_tusz, workers: int = 1, progress: bool = True,
+                verify: bool = False) -> None:
+    """Bring the cache in line with `files`, each cached with `load`: what is new, changed (its source's identity)
+    or damaged (sizes; blake2b too when `verify`) is cached, what is gone dropped; resumes a killed build.
+    Every corpus's build runs here."""
     cache_dir = Path(cache_dir)
+    _check_one_file_per_name(files)
     with cache_lock(cache_dir):
         write_cache_config(cache_dir, config)
         _remove_temporaries(cache_dir)
-        done = {p.name[:-5] for p in (cache_dir / 'recordings').glob('*.json')}
-        todo = [f for f in files if f.bname not in done]
+        by_name, cache = {f.bname: f for f in files}, open_cache(cache_dir)
+        for token in _tokens(cache_dir) - set(by_name): drop_recording(cache_dir, token)  # deleted, or in another split
+        ok = {r.token for r in cache.recordings if r.token in by_name and r.source == str(by_name[r.token].path)
+              and r.source_id == source_identity(by_name[r.token]) and not entry_problems(cache, r, verify)}
+        todo = [f for f in files if f.bname not in ok]
         bar = tqdm(total=len(files), initial=len(files) - len(todo), desc=f'cache {config["corpus"]}/{config["split"]}',
                    unit='rec', disable=not progress)
-        with ProcessPoolExecutor(workers) if workers > 1 else _InProcess() as pool:
-            for _, why in pool.map(cache_recording, todo, [cache_dir] * len(todo), [config] * len(todo), [load] * len(todo)):
+        with (ProcessPoolExecutor(workers, initializer=_die_with, initargs=(os.getpid(),)) if workers > 1
+              else _InProcess()) as pool:
+            n = len(todo)
+            for _, why in pool.map(cache_recording, todo, [cache_dir] * n, [config] * n, [load] * n):
                 bar.update()
                 if why: bar.write(f'skipped: {why}')
         bar.close()
+        if open_cache(cache_dir).fingerprint != cache.fingerprint:  # statistics of the old content would be reused
+            (cache_dir / STATS_FILE).unlink(missing_ok=True)
 
-def build_cache(data_dir, cache_dir, split: str = 'train', workers: int = 1, progress: bool = True, **preprocessing) -> dict:
-    "Cache every EDF of a TUSZ `split` not cached yet (resumes a killed build); returns the scan."
+def build_cache(data_dir, cache_dir, split: str = 'train', workers: int = 1, progress: bool = True,
+                verify: bool = False, **preprocessing) -> dict:
+    "Bring the cache of a TUSZ `split` in line with its EDFs (resumes a killed build); returns the scan."
     files = discover(data_dir, split)
     if not files: raise FileNotFoundError(f'{Path(data_dir) / "edf" / split}: no .edf files found')
-    cache_files(files, cache_dir, preprocessing_config(data_dir, split, **preprocessing), load_tusz, workers, progress)
+    config = preprocessing_config(data_dir, split, **preprocessing)
+    cache_files(files, cache_dir, config, load_tusz, workers, progress, verify)
     return scan_cache(cache_dir)
 
 class _InProcess:
@@ -200,9 +348,9 @@ def format_scan(scan: dict, failures=()) -> str:
 
 # %% ../nbs/04_cache.ipynb #2e014d1d
 def clean_cache(cache_dir) -> list[Path]:
-    "Remove a cache; returns files left because the cache did not write them."
+    "Remove a cache (one that lost its `cache.json` too); returns files left because the cache did not write them."
     root = Path(cache_dir)
-    open_cache(root)  # refuses a folder that is not a cache
+    if not (root / CONFIG_FILE).exists() and not _tokens(root): open_cache(root)  # refuses a folder that is not a cache
     for sub, pattern in (('recordings', '*.npy'), ('recordings', '*.json'), ('recordings', '.*.tmp'),
                          ('failed', '*.json'), ('failed', '.*.tmp')):
         for p in (root / sub).glob(pattern):
@@ -214,28 +362,37 @@ def clean_cache(cache_dir) -> list[Path]:
 
 # %% ../nbs/04_cache.ipynb #bb615f2b
 def build_cache_cli(argv: list[str] | None = None) -> int:
-    "`build-cache --data-dir D --cache-dir C --split train [--workers N]`"
+    "`build-cache --data-dir D --cache-dir C --split train [--workers N] [--verify]`; exit 1 if every recording failed."
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr build-cache', description='Preprocess a split of EDF recordings into a cache.')
     p.add_argument('--data-dir', required=True, help='corpus root containing edf/')
     p.add_argument('--cache-dir', required=True)
     p.add_argument('--split', default='train', choices=('train', 'dev', 'eval'))
     p.add_argument('--workers', type=int, default=1)
     p.add_argument('--montage', default='referential', choices=('referential', 'tcp'))
+    p.add_argument('--verify', action='store_true', help="also redo recordings whose arrays fail their blake2b")
     a = p.parse_args(argv)
     t0 = time.time()
-    scan = build_cache(a.data_dir, a.cache_dir, a.split, a.workers, montage=a.montage)
+    scan = build_cache(a.data_dir, a.cache_dir, a.split, a.workers, verify=a.verify, montage=a.montage)
     print(format_scan(scan))
     print(f'built in {time.time() - t0:.1f} s', file=sys.stderr)
+    if scan['recordings'] == 0:
+        print(f'{a.cache_dir}: every recording failed ({scan["failed"]}); their reasons: '
+              f'`python -m brain_go_brrr scan-cache --cache-dir {a.cache_dir}`', file=sys.stderr)
+        return 1
     return 0
 
 def scan_cache_cli(argv: list[str] | None = None) -> int:
-    "`scan-cache --cache-dir C [--json]`"
+    "`scan-cache --cache-dir C [--json] [--verify]`; with `--verify`, exits 1 naming each damaged array."
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr scan-cache', description='Count what a cache holds.')
     p.add_argument('--cache-dir', required=True)
     p.add_argument('--json', action='store_true', help='print one JSON object')
     p.add_argument('--window-s', type=float, default=60.0)
     p.add_argument('--stride-s', type=float, default=10.0)
+    p.add_argument('--verify', action='store_true', help="check every array's size and blake2b against the manifest")
     a = p.parse_args(argv)
+    if a.verify:
+        try: verify_cache(a.cache_dir)
+        except CacheError as e: print(e, file=sys.stderr); return 1
     scan = scan_cache(a.cache_dir, a.window_s, a.stride_s)
     print(json.dumps(scan) if a.json else format_scan(scan, open_cache(a.cache_dir).failures))
     return 0
