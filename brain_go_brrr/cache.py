@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 from . import __version__
+from .cli import positive_float, positive_int
 from .tusz import discover, read_annotation, label_mask, EdfFile, AnnotationError, check_annotation_matches
 from .signal import read_eeg, preprocess, channel_names, window_starts, window_classes, SignalError
 
@@ -367,7 +368,7 @@ def build_cache_cli(argv: list[str] | None = None) -> int:
     p.add_argument('--data-dir', required=True, help='corpus root containing edf/')
     p.add_argument('--cache-dir', required=True)
     p.add_argument('--split', default='train', choices=('train', 'dev', 'eval'))
-    p.add_argument('--workers', type=int, default=1)
+    p.add_argument('--workers', type=positive_int, default=1)
     p.add_argument('--montage', default='referential', choices=('referential', 'tcp'))
     p.add_argument('--verify', action='store_true', help="also redo recordings whose arrays fail their blake2b")
     a = p.parse_args(argv)
@@ -386,8 +387,8 @@ def scan_cache_cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr scan-cache', description='Count what a cache holds.')
     p.add_argument('--cache-dir', required=True)
     p.add_argument('--json', action='store_true', help='print one JSON object')
-    p.add_argument('--window-s', type=float, default=60.0)
-    p.add_argument('--stride-s', type=float, default=10.0)
+    p.add_argument('--window-s', type=positive_float, default=60.0)
+    p.add_argument('--stride-s', type=positive_float, default=10.0)
     p.add_argument('--verify', action='store_true', help="check every array's size and blake2b against the manifest")
     a = p.parse_args(argv)
     if a.verify:

@@ -179,6 +179,7 @@ def compute_norm_stats(cache, chunk_samples: int = 2**16) -> NormStats:
     if not acc.count.any(): raise ValueError(f'{where}: no samples in the cache; build it first (build-cache)')
     provenance = {k: cfg.get(k) for k in PREPROCESSING} | {
         'cache_dir': where, 'cache_version': cfg.get('version'), 'n_recordings': len(cache.recordings),
+        'cache_fingerprint': cache.fingerprint,  # training recomputes statistics whose cache has changed since
         'created': datetime.now(timezone.utc).isoformat(timespec='seconds'), 'version': __version__, 'method': METHOD}
     return NormStats(acc.mean, acc.std, cfg.get('unit'), list(cfg['channels']), int(acc.count[0]), provenance)
 

@@ -4,20 +4,28 @@
 
 # %% ../nbs/00_params.ipynb #32c08fb7
 from __future__ import annotations
-import argparse, os, sys
+import argparse, ast, difflib, math, os, sys
 from pathlib import Path
 from typing import Literal
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from .model import DetectorConfig
+from .signal import CHANNELS, TCP_PAIRS
 
 # %% auto #0
-__all__ = ['ENV_OVERRIDES', 'TrainParams', 'with_env_overrides', 'load_params', 'validate_cli']
+__all__ = ['MONITORS', 'MONTAGE_CHANNELS', 'PATH_FIELDS', 'ENV_OVERRIDES', 'TrainParams', 'closest', 'model_problems',
+           'with_env_overrides', 'ParamsError', 'read_params_file', 'load_params', 'validate_cli', 'injected_names',
+           'refuse_unknown_parameters']
 
 # %% ../nbs/00_params.ipynb #fe59c394
+MONITORS = ('dev_auroc', 'dev_sens_at_fa.10', 'dev_sens_at_fa.5', 'dev_sens_at_fa.1')  # what `evaluate_dev` writes
+MONTAGE_CHANNELS = {'referential': len(CHANNELS), 'tcp': len(TCP_PAIRS)}
+PATH_FIELDS = ('run_name', 'output_dir', 'data_dir', 'cache_dir', 'norm_stats')
+
 class TrainParams(BaseModel):
-    "Every parameter of a training run; unknown keys are errors."
-    model_config = ConfigDict(extra='forbid')
+    "Every parameter of a training run; unknown keys, empty paths and infinite numbers are errors."
+    model_config = ConfigDict(extra='forbid', allow_inf_nan=False)
     run_name: str = 'train'
     output_dir: str = 'outputs'
     # data: no data_dir means the embedded synthetic corpus, generated on first use
@@ -60,15 +68,62 @@ class TrainParams(BaseModel):
     resume: bool = False
     model: DetectorConfig = Field(default_factory=DetectorConfig)
 
+    @field_validator(*PATH_FIELDS)
+    @classmethod
+    def _not_empty(cls, v):
+        # `-p data_dir=$UNSET` must not quietly mean "the embedded corpus"
+        if v is not None and not v.strip(): raise ValueError('is empty (an unset shell variable?): give a value, '
+                                                             'or leave the key out for its default')
+        return v
+
+    @field_validator('monitor')
+    @classmethod
+    def _a_metric_the_evaluation_writes(cls, v):
+        if v not in MONITORS: raise ValueError(f'not a metric the evaluation writes (one of {", ".join(MONITORS)})'
+                                               f'{closest(v, MONITORS)}')
+        return v
+
+    @field_validator('device')
+    @classmethod
+    def _a_torch_device(cls, v):
+        if v == 'auto': return v
+        try: torch.device(v)
+        except RuntimeError: raise ValueError('not a device: use auto, cpu, cuda, cuda:N or mps') from None
+        return v
+
     @model_validator(mode='after')
-    def _window_fits_the_model(self):
+    def _the_model_fits_the_data(self):
+        problems = model_problems(self.model)
         n = round(self.window_s * self.sfreq)
         if n % self.model.tcn_downsample:
-            raise ValueError(f'window_s * sfreq = {n} samples must be divisible by model.tcn_downsample = {self.model.tcn_downsample}')
+            problems.append(f'window_s * sfreq = {n} samples must be divisible by model.tcn_downsample = '
+                            f'{self.model.tcn_downsample}')
+        if self.model.n_channels != MONTAGE_CHANNELS[self.montage]:
+            problems.append(f'model.n_channels = {self.model.n_channels} but the {self.montage} montage has '
+                            f'{MONTAGE_CHANNELS[self.montage]} channels: set model.n_channels: '
+                            f'{MONTAGE_CHANNELS[self.montage]}')
+        if problems: raise ValueError('\n'.join(problems))
         return self
 
     @property
     def run_dir(self) -> Path: return Path(self.output_dir) / self.run_name
+
+# %% ../nbs/00_params.ipynb #b1d2c3e4
+def closest(name: str, names) -> str:
+    "`; did you mean 'x'?` when a name in `names` is close to `name`, else ''."
+    near = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f'; did you mean {near[0]!r}?' if near else ''
+
+def model_problems(m: DetectorConfig) -> list[str]:
+    "Sizes and rates of the detector that would only fail inside the forward pass (or never, and train nonsense)."
+    problems = [f'model.{k} = {v}: must be at least 1' for k, v in m if type(v) is int and v < 1]
+    problems += [f'model.{k} = {v}: must be finite' for k, v in m if type(v) is float and not math.isfinite(v)]
+    if math.isfinite(m.dropout) and not 0 <= m.dropout < 1:
+        problems.append(f'model.dropout = {m.dropout}: use 0 <= dropout < 1')
+    if math.isfinite(m.gnn_alpha) and not 0 <= m.gnn_alpha <= 1:
+        problems.append(f'model.gnn_alpha = {m.gnn_alpha}: use 0 to 1')
+    if m.edge_threshold < 0: problems.append(f'model.edge_threshold = {m.edge_threshold}: use a weight >= 0')
+    return problems
 
 # %% ../nbs/00_params.ipynb #9b73984a
 ENV_OVERRIDES = {'BGB_SANITIZE_GRADS': 'sanitize_grads', 'BGB_NAN_DEBUG': 'nan_debug', 'BGB_EDGE_CLAMP': 'edge_clamp'}
@@ -84,19 +139,47 @@ def with_env_overrides(p: TrainParams, environ=os.environ) -> TrainParams:
     return p.model_copy(update=changes) if changes else p
 
 # %% ../nbs/00_params.ipynb #1caf402a
+class ParamsError(ValueError):
+    "Parameters that cannot run: one line per problem, each naming the file and the field."
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__('\n'.join(problems))
+
+def _problems(e: ValidationError, where: str) -> list[str]:
+    out = []
+    for err in e.errors():
+        field = '.'.join(map(str, err['loc']))
+        if err['type'] == 'extra_forbidden':
+            names = TrainParams.model_fields if len(err['loc']) == 1 else DetectorConfig.model_fields
+            out.append(f'{where}: {field}: not a parameter{closest(str(err["loc"][-1]), names)}')
+            continue
+        msg = err['msg'].removeprefix('Value error, ')
+        given = f' (got {err["input"]!r})' if field and not isinstance(err['input'], dict) else ''
+        out += [f'{where}: {field + ": " if field else ""}{line}{given}' for line in msg.splitlines()]
+    return out
+
+def read_params_file(path) -> dict:
+    "The mapping in a YAML parameter file; malformed YAML, an empty file or a non-mapping is an error naming the file."
+    try: data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        raise ParamsError([f'{path}: not valid YAML{f" (line {mark.line + 1})" if mark else ""}: '
+                           f'{getattr(e, "problem", None) or e}']) from None
+    if data is None: raise ParamsError([f'{path}: the file is empty; write `key: value` lines, e.g. `epochs: 10`'])
+    if not isinstance(data, dict):
+        raise ParamsError([f'{path}: expected a mapping of parameter names to values, got a {type(data).__name__}'])
+    return data
+
 def load_params(path=None, **overrides) -> TrainParams:
     "Parameters from a YAML file (optional), then `overrides`, then the environment; validated."
-    data = {}
-    if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict): raise ValueError(f'{path}: expected a mapping of parameter names to values')
+    data = read_params_file(path) if path is not None else {}
     try:
         return with_env_overrides(TrainParams(**{**data, **overrides}))
     except ValidationError as e:
-        raise ValueError(f'{path or "parameters"}: {e}') from None
+        raise ParamsError(_problems(e, str(path or 'parameters'))) from None
 
 def validate_cli(argv: list[str] | None = None) -> int:
-    "`validate FILE...`: exit 1 and name the field when a parameter file is not valid."
+    "`validate FILE...`: one line per problem, naming file and field, and exit 1 when any file is not valid."
     ap = argparse.ArgumentParser(prog='python -m brain_go_brrr validate', description='Validate parameter files.')
     ap.add_argument('files', nargs='+')
     bad = 0
@@ -105,6 +188,22 @@ def validate_cli(argv: list[str] | None = None) -> int:
             p = load_params(f)
             print(f'{f}: ok (run {p.run_name!r}, {p.epochs} epochs, batch {p.batch_size}, window {p.window_s:g} s, '
                   f'mixed precision {p.precision_dtype if p.mixed_precision else "off"})')
-        except (ValueError, OSError) as e:
-            print(f'{e}', file=sys.stderr); bad += 1
+        except OSError as e:
+            print(f'{f}: {e.strerror or e}', file=sys.stderr); bad += 1
+        except ValueError as e:
+            print(e, file=sys.stderr); bad += 1
     return 1 if bad else 0
+
+# %% ../nbs/00_params.ipynb #f5a6b7c8
+def injected_names(history) -> list[str]:
+    "Names assigned by the latest papermill-injected cell in IPython's input `history`; [] when none ran."
+    src = next((s for s in reversed(history) if s.startswith('# Parameters\n')), '')
+    return [t.id for node in ast.parse(src).body if isinstance(node, ast.Assign) for t in node.targets
+            if isinstance(t, ast.Name)]
+
+def refuse_unknown_parameters(ns: dict, allowed) -> None:
+    "Raise `ParamsError` when papermill injected into `ns` (a notebook's `globals()`) a name not in `allowed`."
+    allowed = set(allowed)
+    unknown = [n for n in injected_names(ns.get('In', [])) if n not in allowed]
+    if unknown: raise ParamsError([f'papermill parameter {n!r} is not a parameter of this notebook{closest(n, allowed)}'
+                                   for n in unknown])

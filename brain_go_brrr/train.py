@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train.ipynb #c3e88589
 from __future__ import annotations
-import argparse, json, logging, math, os, platform, random, shutil, sys, time
+import argparse, hashlib, json, logging, math, os, pickle, platform, random, shutil, sys, time, zipfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,8 @@ from . import __version__
 from .params import TrainParams, load_params
 from .tusz import check_splits, mask_events
 from . import scoring
-from .cache import STATS_FILE, build_cache, cache_lock, open_cache, scan_cache, format_scan
+from .cache import (STATS_FILE, build_cache, cache_lock, check_cache_splits, open_cache, scan_cache,
+                                 format_scan, verify_cache)
 from .datasets import WindowDataset, BalancedSeizureDataset, make_loader
 from .normalization import NormStats, compute_norm_stats, gate_normalization
 from .model import Detector
@@ -28,12 +29,14 @@ from .synth import synth_tusz
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
-__all__ = ['log', 'NO_DECAY_MODULES', 'EVAL_METRICS', 'embedded_corpus', 'data_dir_of', 'cache_dir_of', 'preflight',
-           'stats_of_training_cache', 'param_groups', 'warmup_cosine', 'sanitize_gradients', 'NanDebugger', 'Step',
-           'train_step', 'setup_distributed', 'barrier', 'resolve_device', 'predict_recording', 'predict_cache',
-           'reference_events', 'evaluate_dev', 'sens_at_fa', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'load_checkpoint', 'load_detector', 'seed_everything', 'unwrap', 'TrainingDiverged', 'train', 'monitored',
-           'diagnosis', 'final_metrics', 'environment', 'write_run', 'train_cli', 'plot_curves', 'plot_trace']
+__all__ = ['log', 'NO_DECAY_MODULES', 'EVAL_METRICS', 'DETECTOR_KEYS', 'RESUME_MAY_CHANGE', 'embedded_corpus', 'data_dir_of',
+           'cache_dir_of', 'preflight', 'stats_of_training_cache', 'param_groups', 'warmup_cosine',
+           'sanitize_gradients', 'NanDebugger', 'Step', 'train_step', 'setup_distributed', 'barrier', 'resolve_device',
+           'predict_recording', 'window_of', 'predict_cache', 'reference_events', 'evaluate_dev', 'sens_at_fa',
+           'rng_state', 'set_rng_state', 'CheckpointError', 'checksum_path', 'sha256_of', 'save_checkpoint',
+           'load_checkpoint', 'load_detector', 'seed_everything', 'unwrap', 'TrainingDiverged', 'resume_changes',
+           'train', 'monitored', 'diagnosis', 'final_metrics', 'environment', 'write_run', 'override_of', 'train_cli',
+           'plot_curves', 'plot_trace']
 
 # %% ../nbs/08_train.ipynb #66a2a2ba
 def embedded_corpus(p: TrainParams) -> Path:
@@ -62,10 +65,12 @@ def preflight(p: TrainParams, rank: int = 0) -> dict:
         cdir = cache_dir_of(p, split)
         if rank == 0:
             build_cache(data_dir, cdir, split, p.cache_workers, montage=p.montage, sfreq=p.sfreq)
+            verify_cache(cdir)  # every array's size and checksum against its manifest entry
             if split == 'train' and not p.norm_stats: stats_of_training_cache(p)
         barrier()
         scans[split] = scan_cache(cdir, p.window_s, p.stride_s)
         log.info(f'{split} cache {cdir}:\n{format_scan(scans[split])}')
+    check_cache_splits([cache_dir_of(p, s) for s in ('train', 'dev')])  # a subject in both caches is a leak
     if scans['train']['full'] + scans['train']['partial'] == 0:
         raise ValueError(f'{cache_dir_of(p, "train")}: the training cache has no seizure windows '
                          f'({scans["train"]["recordings"]} recordings); check data_dir and the .csv_bi files')
@@ -79,7 +84,9 @@ def stats_of_training_cache(p: TrainParams) -> NormStats:
     "Statistics of the training cache, computed once and kept beside it."
     path = cache_dir_of(p, 'train') / STATS_FILE
     with cache_lock(path.parent):
-        if not path.exists(): compute_norm_stats(path.parent).save(path)
+        cache = open_cache(path.parent)  # statistics of an older state of the cache are recomputed
+        if not path.exists() or NormStats.load(path).provenance.get('cache_fingerprint') != cache.fingerprint:
+            compute_norm_stats(cache).save(path)
     return NormStats.load(path)
 
 # %% ../nbs/08_train.ipynb #c5d074ac
@@ -196,17 +203,23 @@ def resolve_device(name: str) -> torch.device:
 # %% ../nbs/08_train.ipynb #377fbb96
 @torch.no_grad()
 def predict_recording(model, signal: np.ndarray, window: int, transform, device, batch_size: int = 8, autocast=nullcontext) -> np.ndarray:
-    "Seizure probability per sample of one recording (channels, samples)."
+    "Seizure probability per sample of one recording (channels, samples) of any length."
     n = signal.shape[1]
     starts = list(range(0, max(n - window, 0) + 1, window))
     if n >= window and starts[-1] + window < n: starts.append(n - window)
     probs = np.zeros(n, np.float32)
     for i in range(0, len(starts), batch_size):
         chunk = starts[i:i + batch_size]
-        x = torch.from_numpy(np.stack([transform(np.asarray(signal[:, s:s + window], np.float32)) for s in chunk])).to(device)
+        x = torch.from_numpy(np.stack([window_of(signal, s, window, transform) for s in chunk])).to(device)
         with autocast(): p = torch.sigmoid(model(x).float()).cpu().numpy()
-        for s, row in zip(chunk, p): probs[s:s + window] = row
+        for s, row in zip(chunk, p): probs[s:s + window] = row[:n - s]  # the padding's outputs are dropped
     return probs
+
+def window_of(signal: np.ndarray, start: int, window: int, transform) -> np.ndarray:
+    "`window` normalised samples from `start`; a recording shorter than a window is padded with zeros (the mean)."
+    x = transform(np.asarray(signal[:, start:start + window], np.float32))
+    # `window` is a multiple of the model's downsampling (TrainParams checks it), so the model takes any recording
+    return np.pad(x, ((0, 0), (0, window - x.shape[1]))) if x.shape[1] < window else x
 
 def predict_cache(model, cache, window: int, transform, device, batch_size: int = 8, autocast=nullcontext) -> dict:
     "Probability per sample of every recording in a cache, by token."
@@ -257,16 +270,50 @@ def set_rng_state(s: dict) -> None:
     np.random.set_state(('MT19937', s['numpy'].numpy().astype(np.uint32), s['numpy_pos'], 0, 0.0))
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
+class CheckpointError(ValueError): pass
+
+def checksum_path(path) -> Path: return Path(path).with_name(Path(path).name + '.sha256')
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    torch.save(state, tmp); os.replace(tmp, path)
+    "Written atomically, with its SHA-256 beside it (`last.pt.sha256`, `sha256sum -c` format)."
+    tmp, side = path.with_name(f'.{path.name}.tmp'), checksum_path(path)
+    torch.save(state, tmp)
+    side_tmp = side.with_name(f'.{side.name}.tmp')
+    side_tmp.write_text(f'{sha256_of(tmp)}  {path.name}\n')
+    os.replace(tmp, path); os.replace(side_tmp, side)
+
+def _instead(path: Path) -> str:
+    other = path.with_name('best.pt' if path.name == 'last.pt' else 'last.pt')
+    if not other.exists(): return 'train again (resume=false)'
+    return (f'use {other} instead (to resume from it: cp {other} {path}; '
+            f'cp {checksum_path(other)} {checksum_path(path)})')
 
 def load_checkpoint(path) -> dict:
-    return torch.load(path, map_location='cpu', weights_only=True)
+    "A checkpoint whose SHA-256 matches the one saved beside it; damage is an error that offers the other checkpoint."
+    path, side = Path(path), checksum_path(path)
+    if side.exists():
+        if sha256_of(path) != side.read_text().split()[0]:
+            raise CheckpointError(f'{path}: damaged (its SHA-256 differs from {side.name}); {_instead(path)}')
+    else: log.warning(f'{path}: no {side.name} beside it, so it cannot be verified')
+    try: return torch.load(path, map_location='cpu', weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f'{path}: not a checkpoint torch can read ({str(e).splitlines()[0][:120]}); '
+                              f'{_instead(path)}') from None
+
+DETECTOR_KEYS = ('model', 'params', 'norm_stats')
 
 def load_detector(path, device='cpu') -> tuple[torch.nn.Module, NormStats, TrainParams]:
     "The model of a checkpoint in eval mode, the statistics it was trained with, and its parameters."
     ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or not all(k in ck for k in DETECTOR_KEYS):
+        raise CheckpointError(f'{path}: not a detector checkpoint (it lacks {", ".join(DETECTOR_KEYS)}); '
+                              f'use best.pt or last.pt of a training run')
     p = TrainParams(**ck['params'])
     model = Detector(p.model.model_copy(update=dict(edge_clamp=p.edge_clamp)))
     model.load_state_dict(ck['model'])
@@ -282,6 +329,25 @@ def unwrap(model): return model.module if hasattr(model, 'module') else model
 
 class TrainingDiverged(RuntimeError): pass
 
+# what changes neither the data nor the steps taken; output_dir: a run folder may be moved
+RESUME_MAY_CHANGE = ('resume', 'epochs', 'patience', 'eval_every', 'num_workers', 'cache_workers', 'device',
+                     'nan_debug', 'output_dir')
+
+def _flat(d: dict, prefix='') -> dict:
+    return {f'{prefix}{k}': v for k0, v0 in d.items()
+            for k, v in (_flat(v0, f'{k0}.').items() if isinstance(v0, dict) else [(k0, v0)])}
+
+def resume_changes(saved: dict, p: TrainParams, where='last.pt') -> dict:
+    "{name: [checkpoint's, now]} of the parameters that changed; changes outside `RESUME_MAY_CHANGE` are refused."
+    old, new = _flat(saved), _flat(p.model_dump(mode='json'))
+    changed = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
+    refused = [f'{k} {a!r} -> {b!r}' for k, (a, b) in changed.items() if k.split('.')[0] not in RESUME_MAY_CHANGE]
+    if refused: raise ValueError(f'{where}: resuming with parameters other than the checkpoint\'s '
+                                 f'({", ".join(refused)}); '
+                                 f'resume with the checkpoint\'s values or start a new run_name; only '
+                                 f'{", ".join(RESUME_MAY_CHANGE)} may change')
+    return changed
+
 # %% ../nbs/08_train.ipynb #9f8eb22b
 def train(p: TrainParams) -> dict:
     "Train the detector described by `p`; writes `p.run_dir` and returns the metrics."
@@ -289,6 +355,10 @@ def train(p: TrainParams) -> dict:
     device = resolve_device(p.device)
     rank, world = setup_distributed(device)
     run_dir = p.run_dir
+    last, best_path = run_dir / 'last.pt', run_dir / 'best.pt'
+    # a damaged checkpoint or changed parameters are refused before any work
+    ck = load_checkpoint(last) if p.resume and last.exists() else None
+    changes = resume_changes(ck['params'], p, str(last)) if ck else {}
     if rank == 0: run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(p.seed)
     pre = preflight(p, rank)
@@ -313,14 +383,15 @@ def train(p: TrainParams) -> dict:
     debugger = NanDebugger(unwrap(model)) if p.nan_debug else None
 
     # state, resumed if asked
-    s = dict(epoch=0, step=0, best=-math.inf, bad_epochs=0, nonfinite_steps=0, sanitized=0, edge_clamped=0, scaler_skipped=0, in_a_row=0, history=[])
-    last, best_path = run_dir / 'last.pt', run_dir / 'best.pt'
-    if p.resume and last.exists():
-        ck = load_checkpoint(last)
+    s = dict(epoch=0, step=0, best=-math.inf, bad_epochs=0, nonfinite_steps=0, sanitized=0, edge_clamped=0,
+             scaler_skipped=0, in_a_row=0, history=[], seconds=0.0, resumes=[])
+    if ck:
         unwrap(model).load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
         scheduler.load_state_dict(ck['scheduler']); scaler.load_state_dict(ck['scaler'])
-        set_rng_state(ck['rng']); s = ck['state']
-        log.info(f'resumed from {last} at epoch {s["epoch"]}, step {s["step"]}')
+        set_rng_state(ck['rng']); s = {**s, **ck['state']}
+        s['resumes'] = [*s['resumes'], dict(epoch=s['epoch'], step=s['step'], changed=changes)]
+        log.info(f'resumed from {last} at epoch {s["epoch"]}, step {s["step"]}; changed: {changes}')
+    seconds_before = s['seconds']  # the training time of the processes before this one
 
     while s['epoch'] < p.epochs:
         dataset.set_epoch(s['epoch'])
@@ -355,6 +426,7 @@ def train(p: TrainParams) -> dict:
                 if watched > s['best']: s['best'], s['bad_epochs'] = watched, 0
                 else: s['bad_epochs'] += 1
                 stop = s['bad_epochs'] >= p.patience
+            s['seconds'] = seconds_before + time.time() - t_start
             ck = dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                       scaler=scaler.state_dict(), rng=rng_state(), state=s, params=p.model_dump(mode='json'),
                       norm_stats=pre['stats'].to_dict())
@@ -366,7 +438,8 @@ def train(p: TrainParams) -> dict:
             log.info(f'early stopping: {p.monitor} did not improve for {p.patience} evaluations'); break
 
     if debugger: debugger.remove()
-    metrics = final_metrics(p, s, pre, t_start, world)
+    s['seconds'] = seconds_before + time.time() - t_start
+    metrics = final_metrics(p, s, pre, world)
     if rank == 0: write_run(p, metrics)
     if world > 1: dist.destroy_process_group()
     return metrics
@@ -388,11 +461,11 @@ def diagnosis(p: TrainParams, s: dict, debugger) -> str:
             f'{"turn mixed precision off or use bfloat16, " if p.mixed_precision else ""}or set sanitize_grads.')
 
 # %% ../nbs/08_train.ipynb #a6e5d27a
-def final_metrics(p, s, pre, t_start, world) -> dict:
+def final_metrics(p, s, pre, world) -> dict:
     evals = [h for h in s['history'] if 'dev_auroc' in h]
     last = evals[-1] if evals else {}
     best = max(evals, key=lambda h: monitored(h, p.monitor)) if evals else {}
-    seconds = time.time() - t_start
+    seconds = s['seconds']  # of every process, when resumed
     return dict(dev_auroc=best.get('dev_auroc'), dev_sens_at_fa=best.get('dev_sens_at_fa'),
                 dev_operating_points=best.get('dev_operating_points'), last_dev_auroc=last.get('dev_auroc'),
                 epochs=s['epoch'], steps=s['step'], nonfinite_steps=s['nonfinite_steps'], sanitized_grad_entries=s['sanitized'],
@@ -401,7 +474,8 @@ def final_metrics(p, s, pre, t_start, world) -> dict:
                 normalization_audit=pre['audit'].verdict, normalization_override=bool(pre['audit'].overridden),
                 normalization_report=pre['audit'].to_dict(), seconds=seconds,
                 windows_per_second=s['step'] * p.batch_size * world / max(seconds, 1e-9),
-                train_scan=pre['scans']['train'], dev_scan=pre['scans']['dev'], world_size=world, history=s['history'])
+                train_scan=pre['scans']['train'], dev_scan=pre['scans']['dev'], world_size=world, resumes=s['resumes'],
+                history=s['history'])
 
 def environment() -> dict:
     import mne, torch_geometric
@@ -417,13 +491,19 @@ def write_run(p: TrainParams, metrics: dict) -> None:
     (d / 'metrics.json').write_text(json.dumps(metrics, indent=1, default=float))
 
 # %% ../nbs/08_train.ipynb #8362bb26
+def override_of(kv: str) -> tuple[str, object]:
+    "`key=value` with a YAML value; an empty value stays '' (an unset shell variable), for the schema to refuse."
+    k, eq, v = kv.partition('=')
+    if not eq or not k: raise ValueError(f'-p {kv}: use -p KEY=VALUE, e.g. -p lr=0.001')
+    return k, yaml.safe_load(v) if v.strip() else v
+
 def train_cli(argv: list[str] | None = None) -> int:
     "`train -f PARAMS.yaml [-p key=value ...]`"
     ap = argparse.ArgumentParser(prog='python -m brain_go_brrr train', description='Train the detector.')
     ap.add_argument('-f', '--params', help='YAML parameter file')
     ap.add_argument('-p', '--param', action='append', default=[], metavar='KEY=VALUE', help='override one parameter (YAML value)')
     a = ap.parse_args(argv)
-    overrides = dict((k, yaml.safe_load(v)) for k, _, v in (kv.partition('=') for kv in a.param))
+    overrides = dict(override_of(kv) for kv in a.param)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     metrics = train(load_params(a.params, **overrides))
     print(json.dumps({k: v for k, v in metrics.items() if k != 'history'}, indent=1, default=float))
