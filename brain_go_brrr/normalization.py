@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['FORMAT', 'METHOD', 'PREPROCESSING', 'FP16_MAX', 'CHECKED_PROVENANCE', 'PRECISIONS', 'RunningStats',
-           'NoProvenanceWarning', 'NormStats', 'compute_norm_stats', 'AuditReport', 'provenance_differences',
-           'audit_norm', 'plot_audit', 'sample_windows', 'audit_cache', 'NormalizationMismatch', 'gate_normalization',
-           'norm_stats_cli', 'audit_norm_cli']
+           'NoProvenanceWarning', 'NormStats', 'compute_norm_stats', 'AuditReport', 'provenance_differences', 'outside',
+           'audit_norm', 'plot_audit', 'sample_windows_with_tokens', 'sample_windows', 'audit_cache',
+           'NormalizationMismatch', 'gate_normalization', 'norm_stats_cli', 'audit_norm_cli']
 
 # %% ../nbs/05_normalization.ipynb #ff05b924
 import argparse, json, math, sys, warnings
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 import numpy as np
 from . import __version__
+from .cli import positive_int
 from .signal import window_starts
 
 # %% ../nbs/05_normalization.ipynb #79c2a136
@@ -212,6 +213,9 @@ class AuditReport:
     stats_path: str | None
     provenance_differences: dict      # field -> [statistics, data]
     per_channel: dict                 # channels, amplification, mean_shift, max_abs, data_mean, data_std
+    per_recording: dict               # recordings, n_windows, amplification, mean_shift, data_std (empty without them)
+    worst_recordings: list[str]       # recordings whose amplification leaves `part_amplification_range`, worst first
+    worst_channels: list[str]         # the same for channels
     thresholds: dict
     overridden: bool = False
 
@@ -254,11 +258,11 @@ def _unit_factor(ratio: float) -> int | None:
 # %% ../nbs/05_normalization.ipynb #b73b16b5
 def _nonfinite_reasons(stats, raw, z, channels, hint) -> list[str]:
     out, name = [], lambda idx, names: ', '.join(names[i] for i in idx)
-    bad = np.atleast_1d(~np.isfinite(stats.mean) | ~(stats.std > 0))
+    bad = np.atleast_1d(~np.isfinite(stats.mean) | ~np.isfinite(stats.std) | ~(stats.std > 0))
     if bad.any():
         which = 'the scalar pair' if stats.n_channels is None else name(np.flatnonzero(bad), stats.channels or [f'channel {i}' for i in range(bad.size)])
-        out.append(f'The statistics hold a non-finite mean or a std that is not > 0 ({which}): normalising divides '
-                   f'by it. Recompute them with `{hint}`.')
+        out.append(f'The statistics hold a non-finite mean or std, or a std that is not > 0 ({which}): normalising '
+                   f'divides by it. Recompute them with `{hint}`.')
     if (n := int(raw.n_nonfinite.sum())):
         out.append(f'The data sample holds {n} non-finite values (channels {name(np.flatnonzero(raw.n_nonfinite), channels)}): '
                    'a cache must not; rebuild it (build-cache skips and reports such recordings).')
@@ -303,30 +307,75 @@ def _provenance_reasons(diffs: dict, hint) -> list[str]:
     return [f'{say(k, a, b)} Recompute them on data preprocessed like this data: `{hint}`.'
             for k, (a, b) in diffs.items() if k != 'unit' or not (a and b)]  # two named units: _unit_reasons says it
 
+def outside(values, bounds) -> np.ndarray:
+    "Indices of `values` outside `bounds` (NaN too), farthest from 1 (as a ratio) first."
+    v, (lo, hi) = np.asarray(values, np.float64), bounds
+    with np.errstate(all='ignore'):
+        off = np.flatnonzero(~((v >= lo) & (v <= hi)))
+        return off[np.argsort(-np.nan_to_num(np.abs(np.log(v[off])), nan=np.inf), kind='stable')]
+
+def _some(items, k=3) -> str: return ', '.join(items[:k]) + (f' and {len(items) - k} more' if len(items) > k else '')
+
+def _recording_reasons(per_recording, off, stats, thresholds, hint) -> list[str]:
+    if not len(off): return []
+    (lo, hi), unit = thresholds['part_amplification_range'], f' {stats.unit}' if stats.unit else ''
+    names, amp = per_recording['recordings'], per_recording['amplification']
+    data_std = np.array(per_recording['data_std'])
+    out = (f'{len(off)} of {len(names)} sampled recordings would be normalised to a std outside {lo:g}-{hi:g} (allowed '
+           f'per recording): {_some([f"{names[i]} ({_fmt(amp[i])})" for i in off])}; the statistics (std '
+           f'{float(np.sqrt(np.mean(stats.std**2))):.4g}{unit}) do not describe them.')
+    with np.errstate(all='ignore'): ratio = data_std / np.median(data_std)
+    odd = int(np.argmax(np.nan_to_num(np.abs(np.log(ratio)), nan=np.inf)))
+    if lo <= ratio[odd] <= hi: return [out + f' Check these recordings, then recompute the statistics: `{hint}`.']
+    k = _unit_factor(ratio[odd])
+    return [out + f' Recording {names[odd]} stands out: data std {data_std[odd]:.4g}, {ratio[odd]:.3g} times the '
+            f"median recording's ({np.median(data_std):.4g})" + (f', a factor 1e{k}: another unit' if k else '')
+            + '. Statistics computed with it are dominated by it: convert or drop it and rebuild the cache, then '
+            f'recompute them: `{hint}`.']
+
+def _channel_reasons(per_channel, off, stats, thresholds, hint) -> list[str]:
+    if not len(off): return []
+    (lo, hi), names = thresholds['part_amplification_range'], per_channel['channels']
+    std = np.broadcast_to(stats.std, (len(names),))
+    say = [f'{names[i]} ({_fmt(per_channel["amplification"][i])}: data std {per_channel["data_std"][i]:.4g}, '
+           f'statistics std {std[i]:.4g})' for i in off]
+    return [f'{len(off)} of {len(names)} channels would be normalised to a std outside {lo:g}-{hi:g} (allowed per '
+            f'channel): {_some(say)}; their statistics do not describe their data (another unit, or broken '
+            f'statistics). Recompute the statistics on this cache: `{hint}`.']
+
 # %% ../nbs/05_normalization.ipynb #2c2f9097
-def audit_norm(stats: NormStats, windows, provenance: dict | None = None, *, precision: str = 'fp16',
-               amplification_range: tuple[float, float] = (0.5, 2.0), max_mean_shift: float = 0.5) -> AuditReport:
-    "Apply `stats` to `windows` (N, C, T) exactly as training does; `provenance` is the data's (a cache config, `cache_dir` for the hints)."
+def audit_norm(stats: NormStats, windows, provenance: dict | None = None, *, recordings: list[str] | None = None,
+               precision: str = 'fp16', amplification_range: tuple[float, float] = (0.5, 2.0),
+               part_amplification_range: tuple[float, float] = (0.1, 10.0), max_mean_shift: float = 0.5) -> AuditReport:
+    "Apply `stats` to `windows` (N, C, T) as training does; `provenance`: the data's; `recordings`: each window's."
     if precision not in PRECISIONS: raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
     stats = stats if isinstance(stats, NormStats) else NormStats.load(stats)
     windows = np.asarray(windows)
     if windows.ndim == 2: windows = windows[None]
     n, C, T = windows.shape
+    if recordings is not None and len(recordings) != n:
+        raise ValueError(f'{len(recordings)} recording names for {n} windows: give one per window '
+                         '(sample_windows_with_tokens)')
     names = [list(c) for c in ((provenance or {}).get('channels'), stats.channels) if c]
     channels = next((c for c in names if len(c) == C), [f'ch{i}' for i in range(C)])
-    thresholds = {'amplification_range': list(amplification_range), 'max_mean_shift': max_mean_shift,
+    thresholds = {'amplification_range': list(amplification_range),
+                  'part_amplification_range': list(part_amplification_range), 'max_mean_shift': max_mean_shift,
                   'unit_factor_tolerance': 3.0, 'fp16_max': FP16_MAX}
     diffs = provenance_differences(stats, provenance)
     hint = _regenerate_hint((provenance or {}).get('cache_dir', 'CACHE'))
-    raw, z = RunningStats(C), RunningStats(C)
-    for w in windows: raw.update(w)
     reasons, notes = [], []
-    if stats.n_channels not in (None, C):
+    fits = stats.n_channels in (None, C)
+    if not fits:
         reasons.append(f'The statistics have {stats.n_channels} channels, the data {C}: they were computed for another '
                        f'montage. Recompute them on this cache: `{hint}`.')
-    else:
-        with np.errstate(all='ignore'):
-            for w in windows: z.update(stats.apply(w))
+    raw, z = RunningStats(C), RunningStats(C)
+    parts = {t: (RunningStats(C), RunningStats(C)) for t in (recordings or [None])}  # raw, normalised per recording
+    with np.errstate(all='ignore'):
+        for w, t in zip(windows, recordings or [None] * n):
+            for acc in (raw, parts[t][0]): acc.update(w)
+            if fits:
+                zw = stats.apply(w)
+                for acc in (z, parts[t][1]): acc.update(zw)
     measured = z.count.any()
     zp, rp = z.pooled(), raw.pooled()
     amplification, mean_shift = (float(zp.std[0]), float(zp.mean[0])) if measured else (None, None)
@@ -334,6 +383,16 @@ def audit_norm(stats: NormStats, windows, provenance: dict | None = None, *, pre
     with np.errstate(all='ignore'): ratios = raw.std / stats.std if measured else np.array([])
     ok_ratios = ratios[np.isfinite(ratios) & (ratios > 0)]
     scale_ratio = float(np.median(ok_ratios)) if ok_ratios.size else None
+    per_channel = {'channels': channels, 'amplification': z.std.tolist(), 'mean_shift': z.mean.tolist(),
+                   'max_abs': z.max_abs.tolist(), 'data_mean': raw.mean.tolist(), 'data_std': raw.std.tolist()}
+    per_recording = {} if recordings is None else {
+        'recordings': list(parts), 'n_windows': [recordings.count(t) for t in parts],
+        'amplification': [float(np.sqrt(np.mean(zr.std**2))) for _, zr in parts.values()],  # within channels
+        'mean_shift': [float(zr.pooled().mean[0]) for _, zr in parts.values()],
+        'data_std': [float(np.sqrt(np.mean(r.std**2))) for r, _ in parts.values()]}
+    part_range = part_amplification_range
+    off_channels = outside(z.std, part_range) if measured else []
+    off_recordings = outside(per_recording['amplification'], part_range) if measured and per_recording else []
 
     nonfinite_reasons = _nonfinite_reasons(stats, raw, z, channels, hint)
     unit_reasons = _unit_reasons(scale_ratio or float('nan'), stats, provenance, hint)
@@ -341,26 +400,29 @@ def audit_norm(stats: NormStats, windows, provenance: dict | None = None, *, pre
     fp16_risk = bool(measured and max_abs > math.sqrt(FP16_MAX))
     reasons += nonfinite_reasons + unit_reasons + provenance_reasons
     if measured: reasons += _scale_reasons(amplification, mean_shift, rp, stats, thresholds, hint)
+    reasons += (_recording_reasons(per_recording, off_recordings, stats, thresholds, hint)
+                + _channel_reasons(per_channel, off_channels, stats, thresholds, hint))
     if fp16_risk:
         sentence = (f'The largest normalised value is {_fmt(max_abs)}: in float16 (max 65504) '
                     f'{"it" if max_abs > FP16_MAX else "its square"} overflows to inf, then NaN.')
         if precision == 'fp16': reasons.append(f'{sentence} Fix the statistics, or train in bf16 or fp32 if such values are genuine.')
         else: notes.append(f'{sentence} Harmless in {precision}, fatal in fp16 mixed precision.')
-    if measured:
-        lo, hi = amplification_range
-        off = [channels[i] for i, a in enumerate(z.std) if not lo <= a <= hi]
-        if off and lo <= amplification <= hi:
-            notes.append(f'Channels {", ".join(off)} have their own amplification outside {lo}-{hi} while the whole '
-                         'sample is fine: check those channels (or per-channel statistics if these are scalar).')
+    lo, hi = amplification_range
+    if measured and lo <= amplification <= hi and not (len(off_channels) or len(off_recordings)):
+        recs = per_recording.get('recordings'), per_recording.get('amplification', [])
+        for kind, names_, amps in (('Channels', channels, z.std), ('Recordings', *recs)):  # worth a look, not a refusal
+            if len(off := outside(amps, amplification_range)):
+                notes.append(f'{kind} {_some([names_[i] for i in off])} have their own amplification outside '
+                             f'{lo}-{hi} (within {part_range[0]:g}-{part_range[1]:g}) while the whole sample is fine: '
+                             'check them.')
     if stats.legacy: notes.append(f'The statistics carry no provenance (legacy file): only their scale was checked. '
                                   f'Regenerate them with `{hint}`.')
     if not provenance: notes.append('The data came without provenance: unit, corpus and preprocessing were not compared.')
-    per_channel = {'channels': channels, 'amplification': z.std.tolist(), 'mean_shift': z.mean.tolist(),
-                   'max_abs': z.max_abs.tolist(), 'data_mean': raw.mean.tolist(), 'data_std': raw.std.tolist()}
     return AuditReport('mismatch' if reasons else 'ok', amplification, mean_shift, bool(unit_reasons),
                        bool(provenance_reasons or 'unit' in diffs), bool(nonfinite_reasons), fp16_risk, reasons, notes,
                        max_abs, scale_ratio, float(rp.mean[0]), float(rp.std[0]), n, T, precision, stats.path, diffs,
-                       per_channel, thresholds)
+                       per_channel, per_recording, [per_recording['recordings'][i] for i in off_recordings],
+                       [channels[i] for i in off_channels], thresholds)
 
 # %% ../nbs/05_normalization.ipynb #70d35e6a
 def plot_audit(windows, stats: NormStats, report: AuditReport, title: str = '', bins: int = 80, max_values: int = 50_000):
@@ -393,9 +455,9 @@ def plot_audit(windows, stats: NormStats, report: AuditReport, title: str = '', 
     return fig
 
 # %% ../nbs/05_normalization.ipynb #bba312df
-def sample_windows(cache, n_windows: int = 64, window_s: float | None = None, stride_s: float | None = None,
-                   seed: int = 0) -> np.ndarray:
-    "float32 (N, C, T): up to `n_windows` windows drawn without replacement from every window of `cache` (window and stride: the cache's, else 60 s and 10 s)."
+def sample_windows_with_tokens(cache, n_windows: int = 64, window_s: float | None = None, stride_s: float | None = None,
+                               seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    "float32 windows (N, C, T) of `cache` and each one's token: one window per recording first, the rest uniformly."
     cache = _open_cache(cache)
     sfreq = float(cache.config['sfreq'])
     window_s = window_s or cache.config.get('window_s') or 60.0
@@ -403,25 +465,35 @@ def sample_windows(cache, n_windows: int = 64, window_s: float | None = None, st
     win = int(round(window_s * sfreq))
     recordings = list(cache.recordings)
     starts = [window_starts(r.n_samples, sfreq, window_s, stride_s) for r in recordings]
-    ends = np.cumsum([len(s) for s in starts])
+    counts = np.array([len(s) for s in starts], np.int64)
+    ends = np.cumsum(counts)
     if not len(ends) or ends[-1] == 0:
         raise ValueError(f'{_cache_dir(cache)}: no recording holds one whole window of {window_s} s; '
                          'pass a shorter window (--window-s) or build a cache of longer recordings')
-    picks = np.sort(np.random.default_rng(seed).choice(ends[-1], size=min(n_windows, ends[-1]), replace=False))
+    rng, first, has = np.random.default_rng(seed), ends - counts, np.flatnonzero(counts)
+    one_each = first[has] + (rng.random(len(has)) * counts[has]).astype(np.int64)  # no recording left out by chance
+    if len(one_each) >= n_windows: picks = rng.choice(one_each, n_windows, replace=False)
+    else: picks = np.concatenate([one_each, rng.choice(np.setdiff1d(np.arange(ends[-1]), one_each),
+                                                       min(n_windows, ends[-1]) - len(one_each), replace=False)])
+    picks = np.sort(picks)
     rec = np.searchsorted(ends, picks, side='right')
-    first = np.concatenate([[0], ends[:-1]])
     out = []
     for i, k in zip(rec, picks):
         start = starts[i][k - first[i]]
         out.append(cache.signal(recordings[i])[:, start:start + win])
-    return np.stack(out).astype(np.float32, copy=False)
+    return np.stack(out).astype(np.float32, copy=False), [recordings[i].token for i in rec]
+
+def sample_windows(cache, n_windows: int = 64, window_s: float | None = None, stride_s: float | None = None,
+                   seed: int = 0) -> np.ndarray:
+    "float32 (N, C, T): up to `n_windows` windows of `cache` (window, stride: the cache's, else 60 s and 10 s)."
+    return sample_windows_with_tokens(cache, n_windows, window_s, stride_s, seed)[0]
 
 def audit_cache(stats, cache, *, n_windows: int = 64, window_s: float | None = None, stride_s: float | None = None, seed: int = 0,
                 **audit_kw) -> AuditReport:
-    "`audit_norm` on `n_windows` windows sampled from `cache` (a cache or its folder), its config as provenance."
+    "`audit_norm` on `n_windows` windows sampled from `cache` (or its folder), its config as provenance, per recording."
     cache = _open_cache(cache)
-    provenance = cache.config | {'cache_dir': _cache_dir(cache)}
-    return audit_norm(stats, sample_windows(cache, n_windows, window_s, stride_s, seed), provenance, **audit_kw)
+    windows, tokens = sample_windows_with_tokens(cache, n_windows, window_s, stride_s, seed)
+    return audit_norm(stats, windows, cache.config | {'cache_dir': _cache_dir(cache)}, recordings=tokens, **audit_kw)
 
 # %% ../nbs/05_normalization.ipynb #484ac3d0
 class NormalizationMismatch(RuntimeError):
@@ -452,13 +524,14 @@ def norm_stats_cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr norm-stats', description=norm_stats_cli.__doc__)
     p.add_argument('--cache-dir', required=True, help='a cache written by build-cache')
     p.add_argument('--out', required=True, help='statistics file to write (JSON)')
-    p.add_argument('--chunk-samples', type=int, default=2**16, help='samples per channel read at a time (memory)')
+    p.add_argument('--chunk-samples', type=positive_int, default=2**16, help='samples per channel read at a time (memory)')
     a = p.parse_args(argv)
-    try: stats = compute_norm_stats(a.cache_dir, a.chunk_samples)
-    except (FileNotFoundError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    stats.save(a.out)
+    try:
+        stats = compute_norm_stats(a.cache_dir, a.chunk_samples)
+        stats.save(a.out)
+    except (OSError, ValueError) as e:  # not a cache, a damaged array, an unwritable --out: one line, the user's to fix
+        print(f'norm-stats: {e}', file=sys.stderr)
+        return 1
     pv = stats.provenance
     print(f'{a.out}: {stats.n_channels} channels, {stats.n_samples:,} samples per channel from {pv["n_recordings"]} '
           f'recordings of {pv["corpus"]}/{pv["split"]} ({stats.unit}); std {stats.std.min():.4g}-{stats.std.max():.4g}')

@@ -221,4 +221,4 @@ def test_cli_exit_codes(cache, zscored_cache, tmp_path):
     assert 'NoProvenanceWarning' in p.stderr
 
     assert run('audit-norm', '--stats', tmp_path / 'missing.json', '--cache-dir', cache.root).returncode == 2
-    assert run('norm-stats', '--cache-dir', tmp_path / 'not_a_cache', '--out', out).returncode == 2
+    assert run('norm-stats', '--cache-dir', tmp_path / 'not_a_cache', '--out', out).returncode == 1
