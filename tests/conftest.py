@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from brain_go_brrr.params import load_params
 from brain_go_brrr.signal import CHANNELS
+from brain_go_brrr.synth import synth_tusz
 
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 torch.set_num_threads(1)
@@ -41,3 +43,22 @@ def write_tusz_edf(root, split, subject, token='t000', sfreq=256.0, seconds=120,
 @pytest.fixture
 def write_edf():
     return write_tusz_edf
+
+
+# The tiny detector and training run of tests/test_train.py and tests/test_run_integrity.py
+TINY_MODEL = dict(tcn_layers=3, tcn_base_channels=8, tcn_channels=16, tcn_downsample=8, d_node=8, node_layers=1,
+                  node_d_state=2, edge_dim=2, edge_layers=1, edge_d_state=2, pe_k=4, semi_dynamic_interval=4)
+
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+    "A six-subject synthetic TUSZ corpus and a cache folder, shared by a test module."
+    root = tmp_path_factory.mktemp('corpus')
+    return dict(data_dir=str(synth_tusz(root / 'tusz', subjects=6, seed=5)), cache_dir=str(root / 'cache'))
+
+
+def tiny(corpus, out, **kw):
+    "Parameters of a two-epoch run of the tiny detector on `corpus`, writing to `out`."
+    return load_params(None, **{**corpus, 'output_dir': str(out), 'window_s': 8, 'stride_s': 8, 'epochs': 2,
+                                'epoch_size': 16, 'batch_size': 4, 'warmup_steps': 2, 'cache_workers': 1,
+                                'audit_windows': 8, 'model': TINY_MODEL, **kw})

@@ -7,12 +7,9 @@ import torch
 
 import brain_go_brrr.train as T
 from brain_go_brrr.params import ParamsError, load_params, validate_cli
+from conftest import TINY_MODEL, tiny
 
 ROOT = Path(__file__).parent.parent
-TINY_MODEL = dict(tcn_layers=3, tcn_base_channels=8, tcn_channels=16, tcn_downsample=8, d_node=8, node_layers=1,
-                  node_d_state=2, edge_dim=2, edge_layers=1, edge_d_state=2, pe_k=4, semi_dynamic_interval=4)
-
-
 def cli(*args, timeout=300):
     return subprocess.run([sys.executable, '-m', 'brain_go_brrr', *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
@@ -91,19 +88,6 @@ def test_a_recording_of_any_length_is_predicted(seconds):
 # --- 5. resume: same parameters, every process's time, verified checkpoints --------------------------------
 
 @pytest.fixture(scope='module')
-def corpus(tmp_path_factory):
-    from brain_go_brrr.synth import synth_tusz
-    root = tmp_path_factory.mktemp('corpus')
-    return dict(data_dir=str(synth_tusz(root / 'tusz', subjects=6, seed=5)), cache_dir=str(root / 'cache'))
-
-
-def tiny(corpus, out, **kw):
-    return load_params(None, **{**corpus, 'output_dir': str(out), 'window_s': 8, 'stride_s': 8, 'epochs': 2,
-                                'epoch_size': 8, 'batch_size': 4, 'warmup_steps': 2, 'cache_workers': 1,
-                                'audit_windows': 8, 'model': TINY_MODEL, **kw})
-
-
-@pytest.fixture(scope='module')
 def stopped_after_epoch_1(corpus, tmp_path_factory):
     "A run killed after its first epoch's checkpoints, each first-process step slowed by 1 s."
     out = tmp_path_factory.mktemp('stopped')
@@ -140,11 +124,11 @@ def test_resume_records_what_changed_and_counts_every_process_time(corpus, stopp
     m = T.train(tiny(corpus, out, resume=True, epochs=3))
     this_process = time.time() - t0
     [r] = m['resumes']  # the run folder was moved, too
-    assert (r['epoch'], r['step']) == (1, 2) and r['changed'].keys() == {'epochs', 'resume', 'output_dir'}
+    assert (r['epoch'], r['step']) == (1, 4) and r['changed'].keys() == {'epochs', 'resume', 'output_dir'}
     assert r['changed']['epochs'] == [2, 3]
     assert json.loads((out / 'train' / 'metrics.json').read_text())['resumes'] == m['resumes']
-    assert m['steps'] == 6 and m['seconds'] > this_process + 1.5  # the first process slept 2 s before its checkpoint
-    assert m['windows_per_second'] == pytest.approx(6 * 4 / m['seconds'])
+    assert m['steps'] == 12 and m['seconds'] > this_process + 3.5  # the first process slept 4 s before its checkpoint
+    assert m['windows_per_second'] == pytest.approx(12 * 4 / m['seconds'])
 
 
 def _zero_64_bytes_inside_a_tensor(path):

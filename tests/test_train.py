@@ -10,23 +10,8 @@ import brain_go_brrr.train as T
 from brain_go_brrr.model import Detector
 from brain_go_brrr.normalization import NormalizationMismatch
 from brain_go_brrr.params import load_params
+from conftest import TINY_MODEL, tiny
 from brain_go_brrr.synth import synth_tusz
-
-TINY_MODEL = dict(tcn_layers=3, tcn_base_channels=8, tcn_channels=16, tcn_downsample=8, d_node=8, node_layers=1,
-                  node_d_state=2, edge_dim=2, edge_layers=1, edge_d_state=2, pe_k=4, semi_dynamic_interval=4)
-
-
-@pytest.fixture(scope='module')
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp('corpus')
-    return dict(data_dir=str(synth_tusz(root / 'tusz', subjects=6, seed=5)), cache_dir=str(root / 'cache'))
-
-
-def tiny(corpus, tmp_path, **kw):
-    return load_params(None, **{**corpus, 'output_dir': str(tmp_path), 'window_s': 8, 'stride_s': 8, 'epochs': 2,
-                                'epoch_size': 16, 'batch_size': 4, 'warmup_steps': 2, 'cache_workers': 1,
-                                'audit_windows': 8, 'model': TINY_MODEL, **kw})
-
 
 def test_a_tiny_run_writes_its_outputs(corpus, tmp_path):
     m = T.train(tiny(corpus, tmp_path))
