@@ -556,9 +556,9 @@ def audit_norm_cli(argv: list[str] | None = None) -> int:
         for w in caught: print(f'warning ({w.category.__name__}): {w.message}', file=sys.stderr)
         report = audit_cache(stats, a.cache_dir, n_windows=a.n_windows, window_s=a.window_s,
                              stride_s=a.stride_s, seed=a.seed, precision=a.precision)
-    except (FileNotFoundError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as e:  # a missing file or a folder that is not a cache: the user's to fix
+        print(f'audit-norm: {e}', file=sys.stderr)
+        return 1
     if a.json: print(json.dumps(report.to_dict(), allow_nan=False))
     else:
         print(report.summary())

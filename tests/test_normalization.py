@@ -220,5 +220,5 @@ def test_cli_exit_codes(cache, zscored_cache, tmp_path):
     assert report['verdict'] == 'mismatch' and 40_000 < report['amplification'] < 55_000 and report['reasons']
     assert 'NoProvenanceWarning' in p.stderr
 
-    assert run('audit-norm', '--stats', tmp_path / 'missing.json', '--cache-dir', cache.root).returncode == 2
+    assert run('audit-norm', '--stats', tmp_path / 'missing.json', '--cache-dir', cache.root).returncode == 1
     assert run('norm-stats', '--cache-dir', tmp_path / 'not_a_cache', '--out', out).returncode == 1
