@@ -144,7 +144,7 @@ def batch_of(ctx, batch):
 
 def measure(results, batch, ctx, fallback, fn, *args):
     "`results[batch] = fn(*args)` on the scan path (guarded), or 'skipped' past the time guard; then save."
-    if time.perf_counter() > ctx.deadline: results[batch] = f'skipped: past the {GUARD_S} s guard'
+    if time.perf_counter() > ctx.deadline: results[batch] = 'skipped: past the --budget-s guard'
     else:
         with forced_fallback(fallback): results[batch] = guarded(fn, *args)
     ctx.save()
@@ -239,6 +239,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='python bench/gpu_check.py', description=__doc__.split('\n')[0])
     ap.add_argument('--out', default='gpu_check.json', help='JSON file to write (default gpu_check.json)')
     ap.add_argument('--smoke', action='store_true', help='SMOKE TEST of this script on the CPU at tiny sizes; the numbers mean nothing')
+    ap.add_argument('--budget-s', type=float, default=GUARD_S,
+                    help=f'configurations starting after this many seconds are skipped (default {GUARD_S})')
     a = ap.parse_args(argv)
     if not (a.smoke or torch.cuda.is_available()):
         print('gpu_check: torch.cuda.is_available() is False: run it on a machine with a CUDA GPU (--smoke tests the script on the CPU)', file=sys.stderr)
@@ -252,7 +254,7 @@ def main(argv=None) -> int:
         os.replace(a.out + '.tmp', a.out)
 
     ctx = SimpleNamespace(dev=torch.device('cpu' if a.smoke else 'cuda'), size=size, cfg=cfg, n_samples=n_samples,
-                          window_s=window_s, deadline=start + GUARD_S, save=save)
+                          window_s=window_s, deadline=start + a.budget_s, save=save)
     report = dict(environment=environment(ctx))
     save()
     for name, run in dict(scan_cuda_vs_cpu=scan_cuda_vs_cpu, mamba_ssm_vs_pytorch=mamba_ssm_vs_pytorch,
