@@ -5,12 +5,14 @@ cd "$root"
 py="${PYTHON:-python3.11}"; command -v "$py" >/dev/null || py=python3
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 stamp=".venv/.requirements.sha"
-want="$(cat requirements.lock setup.py settings.ini | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements.lock requirements-nodeps.lock setup.py settings.ini | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "Installing the pinned environment into .venv (first run only)..."
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip<27"
   # torch is pinned to the CPU build; the lock pins every other package so pip resolves nothing new.
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+  # epilepsy2bids only for its SzCORE .tsv reader in the tests; its EDF converter's dependencies are not needed
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.lock
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi
