@@ -17,8 +17,8 @@ log = logging.getLogger('brain_go_brrr')
 # %% auto #0
 __all__ = ['log', 'CHANNELS', 'ALIASES', 'TCP_PAIRS', 'MONTAGES', 'EDF_MAGIC', 'BDF_MAGIC', 'ANNOTATION_LABELS', 'VOLTS_PER_UNIT',
            'WINDOW_CLASSES', 'canonical_channel', 'channel_reference', 'channel_names', 'SignalError',
-           'read_edf_header', 'volts_per_unit', 'read_eeg', 'filter_sections', 'preprocess', 'window_starts',
-           'window_classes']
+           'read_edf_header', 'volts_per_unit', 'EegReader', 'read_eeg', 'filter_sections', 'preprocess',
+           'PreprocessedEeg', 'window_starts', 'window_classes']
 
 # %% ../nbs/02_signal.ipynb #87cb717a
 CHANNELS = ('FP1', 'FP2', 'F3', 'F4', 'C3', 'C4', 'P3', 'P4', 'O1', 'O2',
@@ -96,7 +96,7 @@ def _pick_canonical(raw_names: list[str], wanted: list[str], path) -> list[str]:
     if missing:
         raise SignalError(f'{path}: missing channel(s) {", ".join(missing)} '
                           f'(found {len(raw_names)}: {", ".join(raw_names[:25])}); '
-                          f'need {len(wanted)} of the 10-20 system')
+                          f'need {len(wanted)} of the 10-20 system{_bipolar_hint(raw_names)}')
     ref = Counter(channel_reference(n) for c in wanted for n in found[c]).most_common(1)[0][0]
     return [_pick_one(found[c], c, ref, path) for c in wanted]
 
@@ -110,13 +110,23 @@ def _pick_one(names: list[str], channel: str, ref: str, path) -> str:
         log.warning(f'{path}: {channel} is in {", ".join(names)}; took {same_ref[0]}, referenced like the others')
     return same_ref[0]
 
+def _bipolar_hint(raw_names: list[str]) -> str:
+    "A recording of electrode differences only (`FP1-F7`) cannot be turned back into the electrodes."
+    pairs = [n for n in raw_names if re.fullmatch(r'(EEG\s+)?[A-Z0-9]+-[A-Z0-9]+', n.strip(), re.I)
+             and not _REFERENCE.search(n.strip())]
+    if len(pairs) < len(raw_names) / 2: return ''
+    return ('; its channels are bipolar pairs (e.g. ' + ', '.join(pairs[:3]) + '), from which the referential '
+            'electrodes cannot be recovered: export the recording with its referential channels')
+
 # %% ../nbs/02_signal.ipynb #9fe7e1ae
-def _check_samples(data: np.ndarray, names: list[str], path) -> None:
+def _check_finite(data: np.ndarray, names: list[str], path) -> None:
     bad = ~np.isfinite(data)
     if bad.any():
         chans = [n for n, b in zip(names, bad.any(1)) if b]
         raise SignalError(f'{path}: {int(bad.sum())} NaN/Inf samples in {", ".join(chans)}')
-    flat = [n for n, x in zip(names, data) if np.ptp(x) < 1e-3]  # µV: a disconnected electrode
+
+def _check_not_flat(peak_to_peak: np.ndarray, names: list[str], path) -> None:
+    flat = [n for n, r in zip(names, peak_to_peak) if r < 1e-3]  # µV: a disconnected electrode
     if flat: raise SignalError(f'{path}: flat channel(s) {", ".join(flat)} (peak-to-peak below 0.001 µV)')
 
 # %% ../nbs/02_signal.ipynb #c282ca0e
@@ -159,30 +169,50 @@ def _rescale(path, raw, header: dict, picks: list[str], unit: str | None) -> np.
     return np.array([volts_per_unit(u) / applied[raw.ch_names.index(p)] for p, u in zip(picks, units)])
 
 # %% ../nbs/02_signal.ipynb #1804ac78
+class EegReader:
+    """An EEG file opened for reading any span of it: µV, in the montage's channel order, `n_samples` at `sfreq`.
+    Reading a span reads only that span from disk, so a 24-h recording costs the memory of the span."""
+    def __init__(self, path, montage: str = 'referential', unit: str | None = None):
+        self.path, self.montage, self.channels = path, montage, channel_names(montage)  # validates the montage
+        self.refs = sorted({c for pair in TCP_PAIRS for c in pair}) if montage == 'tcp' else list(CHANNELS)
+        header = read_edf_header(path) if _is_edf_or_bdf(path) else None
+        if header:
+            _check_not_truncated(path, header)
+            _check_continuous(path, header)
+        elif unit is not None: raise ValueError(f'{path}: unit= is for EDF and BDF files; MNE reads the unit of this one')
+        try:
+            self.raw = _open_raw(path, header['format']) if header else mne.io.read_raw(path, preload=False, verbose='error')
+        except Exception as e:
+            raise SignalError(f'{path}: cannot read the EDF header ({type(e).__name__}: {e})') from e
+        labels = [l for l in header['labels'] if l not in ANNOTATION_LABELS] if header else self.raw.ch_names
+        self.picks = _pick_canonical(labels, self.refs, path)
+        self.scale = _rescale(path, self.raw, header, self.picks, unit) if header else np.ones(len(self.picks))
+        self.sfreq, self.n_samples = float(self.raw.info['sfreq']), self.raw.n_times
+        self.low, self.high = np.full(len(self.refs), np.inf), np.full(len(self.refs), -np.inf)
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        "Samples `start:stop` (channels, samples) as float32 µV; NaN/Inf refused."
+        try: data = self.raw.get_data(picks=self.picks, start=start, stop=stop) * self.scale[:, None] * 1e6
+        except Exception as e:
+            raise SignalError(f'{self.path}: cannot read samples, the file may be truncated ({type(e).__name__}: {e})') from e
+        _check_finite(data, self.refs, self.path)
+        self.low, self.high = np.minimum(self.low, data.min(1)), np.maximum(self.high, data.max(1))
+        if self.montage == 'tcp':
+            idx = {c: i for i, c in enumerate(self.refs)}
+            data = np.stack([data[idx[a]] - data[idx[b]] for a, b in TCP_PAIRS])
+        return data.astype(np.float32)
+
+    def check_not_flat(self) -> None:
+        "After every sample has been read: a channel flat over the whole recording is a disconnected electrode."
+        _check_not_flat(self.high - self.low, self.refs, self.path)
+
 def read_eeg(path, montage: str = 'referential', unit: str | None = None) -> tuple[np.ndarray, float, list[str]]:
     """Read an EDF/BDF as (data in µV of shape (channels, samples), sfreq, channel names) in the montage's order.
     `unit` (`uV`, `mV`...) states the EEG channels' unit, overriding the header's physical dimension."""
-    refs = sorted({c for pair in TCP_PAIRS for c in pair}) if montage == 'tcp' else list(CHANNELS)
-    channel_names(montage)  # validates the montage name
-    header = read_edf_header(path) if _is_edf_or_bdf(path) else None
-    if header: _check_not_truncated(path, header); _check_continuous(path, header)
-    elif unit is not None: raise ValueError(f'{path}: unit= is for EDF and BDF files; MNE reads the unit of this one')
-    try:
-        raw = _open_raw(path, header['format']) if header else mne.io.read_raw(path, preload=False, verbose='error')
-    except Exception as e:
-        raise SignalError(f'{path}: cannot read the EDF header ({type(e).__name__}: {e})') from e
-    labels = [l for l in header['labels'] if l not in ANNOTATION_LABELS] if header else raw.ch_names
-    picks = _pick_canonical(labels, refs, path)
-    scale = _rescale(path, raw, header, picks, unit) if header else np.ones(len(picks))
-    try:
-        data = raw.get_data(picks=picks) * scale[:, None] * 1e6
-    except Exception as e:
-        raise SignalError(f'{path}: cannot read samples, the file may be truncated ({type(e).__name__}: {e})') from e
-    _check_samples(data, refs, path)
-    if montage == 'tcp':
-        idx = {c: i for i, c in enumerate(refs)}
-        data = np.stack([data[idx[a]] - data[idx[b]] for a, b in TCP_PAIRS])
-    return data.astype(np.float32), float(raw.info['sfreq']), channel_names(montage)
+    rec = EegReader(path, montage, unit)
+    data = rec.read()
+    rec.check_not_flat()
+    return data, rec.sfreq, rec.channels
 
 # %% ../nbs/02_signal.ipynb #4e6c6bce
 def filter_sections(sfreq: float, l_freq: float = 0.5, h_freq: float = 120.0, notch: float | None = 60.0) -> np.ndarray:
@@ -196,6 +226,43 @@ def preprocess(data: np.ndarray, sfreq: float, sfreq_out: float = 256.0, l_freq:
     ratio = Fraction(sfreq_out / sfreq).limit_denominator(1000)
     x = data if ratio == 1 else sps.resample_poly(data, ratio.numerator, ratio.denominator, axis=-1)
     return sps.sosfiltfilt(filter_sections(sfreq_out, l_freq, h_freq, notch), x, axis=-1).astype(np.float32)
+
+# %% ../nbs/02_signal.ipynb #5c2a68c9
+def _multiple_of(x: float, k: int) -> int: return max(k, int(np.ceil(x / k)) * k)
+
+class PreprocessedEeg:
+    "`reader`'s recording resampled and filtered as `preprocess` does, computed a block at a time when sliced."
+    def __init__(self, reader: EegReader, sfreq: float = 256.0, l_freq: float = 0.5, h_freq: float = 120.0,
+                 notch: float | None = 60.0, block_s: float = 600.0, margin_s: float = 30.0):
+        self.reader, self.sfreq, self.filters = reader, sfreq, (l_freq, h_freq, notch)
+        ratio = Fraction(sfreq / reader.sfreq).limit_denominator(1000)
+        self.up, self.down = ratio.numerator, ratio.denominator
+        self.shape = (len(reader.channels), -(-reader.n_samples * self.up // self.down))  # resample_poly's length
+        # multiples of `up`, so that every block starts on a whole input sample
+        self.block, self.margin = _multiple_of(block_s * sfreq, self.up), _multiple_of(margin_s * sfreq, self.up)
+        self._blocks = {}
+
+    def _compute(self, k: int) -> np.ndarray:
+        n = self.shape[1]
+        o0, o1 = k * self.block, min((k + 1) * self.block, n)
+        a, b = max(o0 - self.margin, 0), min(o1 + self.margin, n)
+        i1 = self.reader.n_samples if b == n else b * self.down // self.up
+        x = preprocess(self.reader.read(a * self.down // self.up, i1), self.reader.sfreq, self.sfreq, *self.filters)
+        return x[:, o0 - a:o1 - a]
+
+    def _get(self, k: int) -> np.ndarray:
+        if k not in self._blocks:
+            if len(self._blocks) >= 2: self._blocks.pop(next(iter(self._blocks)))  # a window spans at most two
+            self._blocks[k] = self._compute(k)
+        return self._blocks[k]
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows, cols = index
+        a, b, _ = cols.indices(self.shape[1])
+        if b <= a: return np.zeros((self.shape[0], 0), np.float32)[rows]
+        ks = range(a // self.block, (b - 1) // self.block + 1)
+        parts = [self._get(k)[:, max(a - k * self.block, 0):b - k * self.block] for k in ks]
+        return np.concatenate(parts, axis=1)[rows]
 
 # %% ../nbs/02_signal.ipynb #f3809412
 WINDOW_CLASSES = ('none', 'partial', 'full')
