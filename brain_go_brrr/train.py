@@ -4,8 +4,8 @@
 
 # %% ../nbs/08_train.ipynb #c3e88589
 from __future__ import annotations
-import argparse, hashlib, json, logging, math, os, pickle, platform, random, shutil, sys, time, zipfile
-from contextlib import contextmanager, nullcontext
+import argparse, json, logging, math, os, platform, random, shutil, time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -13,30 +13,27 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 from . import __version__
 from .params import TrainParams, load_params
-from .tusz import check_splits, mask_events
-from . import scoring
+from .tusz import check_splits
 from .cache import (STATS_FILE, build_cache, cache_lock, check_cache_splits, open_cache, scan_cache,
                                  format_scan, verify_cache)
 from .datasets import WindowDataset, BalancedSeizureDataset, make_loader
 from .normalization import NormStats, compute_norm_stats, gate_normalization
 from .model import Detector
+from .checkpoints import load_checkpoint, save_checkpoint
+from .detect import evaluate_dev, resolve_device
 from .synth import synth_tusz
 
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
-__all__ = ['log', 'NO_DECAY_MODULES', 'EVAL_METRICS', 'DETECTOR_KEYS', 'RESUME_MAY_CHANGE', 'embedded_corpus', 'data_dir_of',
-           'cache_dir_of', 'preflight', 'stats_of_training_cache', 'param_groups', 'warmup_cosine',
-           'sanitize_gradients', 'NanDebugger', 'Step', 'train_step', 'setup_distributed', 'barrier', 'resolve_device',
-           'predict_recording', 'window_of', 'predict_cache', 'reference_events', 'evaluate_dev', 'sens_at_fa',
-           'rng_state', 'set_rng_state', 'CheckpointError', 'checksum_path', 'sha256_of', 'save_checkpoint',
-           'load_checkpoint', 'load_detector', 'seed_everything', 'unwrap', 'TrainingDiverged', 'resume_changes',
-           'train', 'monitored', 'diagnosis', 'final_metrics', 'environment', 'write_run', 'override_of', 'train_cli',
-           'plot_curves', 'plot_trace']
+__all__ = ['log', 'NO_DECAY_MODULES', 'RESUME_MAY_CHANGE', 'embedded_corpus', 'data_dir_of', 'cache_dir_of', 'preflight',
+           'stats_of_training_cache', 'param_groups', 'warmup_cosine', 'sanitize_gradients', 'NanDebugger', 'Step',
+           'train_step', 'setup_distributed', 'barrier', 'rng_state', 'set_rng_state', 'seed_everything', 'unwrap',
+           'TrainingDiverged', 'resume_changes', 'train', 'monitored', 'diagnosis', 'final_metrics', 'environment',
+           'write_run', 'override_of', 'train_cli', 'plot_curves', 'plot_trace']
 
 # %% ../nbs/08_train.ipynb #66a2a2ba
 def embedded_corpus(p: TrainParams) -> Path:
@@ -195,68 +192,6 @@ def setup_distributed(device: torch.device) -> tuple[int, int]:
 def barrier():
     if dist.is_available() and dist.is_initialized(): dist.barrier()
 
-def resolve_device(name: str) -> torch.device:
-    if name != 'auto': return torch.device(name)
-    if torch.cuda.is_available(): return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
-    return torch.device('cpu')
-
-# %% ../nbs/08_train.ipynb #377fbb96
-@torch.no_grad()
-def predict_recording(model, signal: np.ndarray, window: int, transform, device, batch_size: int = 8, autocast=nullcontext) -> np.ndarray:
-    "Seizure probability per sample of one recording (channels, samples) of any length."
-    n = signal.shape[1]
-    starts = list(range(0, max(n - window, 0) + 1, window))
-    if n >= window and starts[-1] + window < n: starts.append(n - window)
-    probs = np.zeros(n, np.float32)
-    for i in range(0, len(starts), batch_size):
-        chunk = starts[i:i + batch_size]
-        x = torch.from_numpy(np.stack([window_of(signal, s, window, transform) for s in chunk])).to(device)
-        with autocast(): p = torch.sigmoid(model(x).float()).cpu().numpy()
-        for s, row in zip(chunk, p): probs[s:s + window] = row[:n - s]  # the padding's outputs are dropped
-    return probs
-
-def window_of(signal: np.ndarray, start: int, window: int, transform) -> np.ndarray:
-    "`window` normalised samples from `start`; a recording shorter than a window is padded with zeros (the mean)."
-    x = transform(np.asarray(signal[:, start:start + window], np.float32))
-    # `window` is a multiple of the model's downsampling (TrainParams checks it), so the model takes any recording
-    return np.pad(x, ((0, 0), (0, window - x.shape[1]))) if x.shape[1] < window else x
-
-def predict_cache(model, cache, window: int, transform, device, batch_size: int = 8, autocast=nullcontext) -> dict:
-    "Probability per sample of every recording in a cache, by token."
-    return {r.token: predict_recording(model, cache.signal(r), window, transform, device, batch_size, autocast)
-            for r in cache.recordings}
-
-def reference_events(cache) -> tuple[dict, dict]:
-    "Seizure events and durations (s) of every recording in a cache, by token, as scoring takes them."
-    sf = cache.config['sfreq']
-    return ({r.token: mask_events(cache.labels(r), sf) for r in cache.recordings},
-            {r.token: r.n_samples / sf for r in cache.recordings})
-
-# %% ../nbs/08_train.ipynb #a3b4234b
-EVAL_METRICS = ('dev_auroc', 'dev_sens_at_fa', 'dev_operating_points')
-
-def evaluate_dev(model, cache, window: int, transform, device, batch_size: int = 8, autocast=nullcontext) -> tuple[dict, dict]:
-    "Metrics named in `EVAL_METRICS` and the probabilities per dev recording."
-    model.eval()
-    probs = predict_cache(model, cache, window, transform, device, batch_size, autocast)
-    y = np.concatenate([np.asarray(cache.labels(r)) for r in cache.recordings])
-    p = np.concatenate([probs[r.token] for r in cache.recordings])
-    sens, points = sens_at_fa(cache, probs)
-    metrics = dict(dev_auroc=float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float('nan'),
-                   dev_sens_at_fa=sens, dev_operating_points=points)
-    assert tuple(metrics) == EVAL_METRICS
-    model.train()
-    return metrics, probs
-
-# %% ../nbs/08_train.ipynb #bbfb808c
-def sens_at_fa(cache, probs: dict, step: int = 16) -> tuple[dict, dict]:
-    """OVLP sensitivity at 10, 5 and 1 false alarms per 24 h with thresholds chosen on these recordings, and the
-    operating points (OVLP and TAES). Probabilities are taken every `step` samples (the model's native rate), which
-    moves no event boundary by more than `step` samples and makes the sweep `step` times faster."""
-    events, durations = reference_events(cache)
-    points = scoring.sens_at_fa({t: p[::step] for t, p in probs.items()}, events, durations, cache.config['sfreq'] / step)
-    return {k: v['ovlp']['sensitivity'] for k, v in points.items()}, points
-
 # %% ../nbs/08_train.ipynb #39023396
 def rng_state() -> dict:
     np_state = np.random.get_state()
@@ -269,57 +204,6 @@ def set_rng_state(s: dict) -> None:
     random.setstate((3, tuple(s['python']), None))
     np.random.set_state(('MT19937', s['numpy'].numpy().astype(np.uint32), s['numpy_pos'], 0, 0.0))
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
-
-class CheckpointError(ValueError): pass
-
-def checksum_path(path) -> Path: return Path(path).with_name(Path(path).name + '.sha256')
-
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
-    return h.hexdigest()
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    "Written atomically, with its SHA-256 beside it (`last.pt.sha256`, `sha256sum -c` format)."
-    tmp, side = path.with_name(f'.{path.name}.tmp'), checksum_path(path)
-    torch.save(state, tmp)
-    side_tmp = side.with_name(f'.{side.name}.tmp')
-    side_tmp.write_text(f'{sha256_of(tmp)}  {path.name}\n')
-    os.replace(tmp, path); os.replace(side_tmp, side)
-
-def _instead(path: Path) -> str:
-    other = path.with_name('best.pt' if path.name == 'last.pt' else 'last.pt')
-    if not other.exists(): return 'train again (resume=false)'
-    return (f'use {other} instead (to resume from it: cp {other} {path}; '
-            f'cp {checksum_path(other)} {checksum_path(path)})')
-
-def load_checkpoint(path) -> dict:
-    "A checkpoint whose SHA-256 matches the one saved beside it; damage is an error that offers the other checkpoint."
-    path, side = Path(path), checksum_path(path)
-    if side.exists():
-        if sha256_of(path) != side.read_text().split()[0]:
-            raise CheckpointError(f'{path}: damaged (its SHA-256 differs from {side.name}); {_instead(path)}')
-    else: log.warning(f'{path}: no {side.name} beside it, so it cannot be verified')
-    try: return torch.load(path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f'{path}: not a checkpoint torch can read ({str(e).splitlines()[0][:120]}); '
-                              f'{_instead(path)}') from None
-
-DETECTOR_KEYS = ('model', 'params', 'norm_stats')
-
-def load_detector(path, device='cpu') -> tuple[torch.nn.Module, NormStats, TrainParams]:
-    "The model of a checkpoint in eval mode, the statistics it was trained with, and its parameters."
-    ck = load_checkpoint(path)
-    if not isinstance(ck, dict) or not all(k in ck for k in DETECTOR_KEYS):
-        raise CheckpointError(f'{path}: not a detector checkpoint (it lacks {", ".join(DETECTOR_KEYS)}); '
-                              f'use best.pt or last.pt of a training run')
-    p = TrainParams(**ck['params'])
-    model = Detector(p.model.model_copy(update=dict(edge_clamp=p.edge_clamp)))
-    model.load_state_dict(ck['model'])
-    d = ck['norm_stats']
-    stats = NormStats(d['mean'], d['std'], d['unit'], d['channels'], d['n_samples'], d['provenance'], path=f'{path}:norm_stats')
-    return model.to(device).eval(), stats, p
 
 # %% ../nbs/08_train.ipynb #06da95b2
 def seed_everything(seed: int) -> None:

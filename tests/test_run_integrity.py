@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import brain_go_brrr.train as T
+import brain_go_brrr.detect as D
+from brain_go_brrr.checkpoints import CheckpointError
 from brain_go_brrr.params import ParamsError, load_params, validate_cli
 from conftest import TINY_MODEL, tiny
 
@@ -86,8 +88,8 @@ def test_a_recording_of_any_length_is_predicted(seconds):
     from brain_go_brrr.model import Detector, DetectorConfig
     model = Detector(DetectorConfig(**TINY_MODEL)).eval()
     signal = np.random.default_rng(0).normal(size=(19, int(seconds * 128))).astype(np.float32)
-    probs = T.predict_recording(model, signal, 10 * 128, lambda x: x, 'cpu', batch_size=2)
-    assert probs.shape == (signal.shape[1],) and np.isfinite(probs).all() and (probs > 0).all() and (probs < 1).all()
+    probs = D.predict_recording(model, signal, 10 * 128, lambda x: x, 'cpu', batch_size=2)
+    assert probs.shape == (-(-signal.shape[1] // D.STEP),) and np.isfinite(probs).all() and (probs > 0).all() and (probs < 1).all()
 
 
 # --- 5. resume: same parameters, every process's time, verified checkpoints --------------------------------
@@ -151,11 +153,11 @@ def test_a_damaged_checkpoint_is_refused_and_best_pt_offered(corpus, stopped_aft
     last = out / 'train' / 'last.pt'
     assert (out / 'train' / 'last.pt.sha256').exists() and (out / 'train' / 'best.pt.sha256').exists()
     _zero_64_bytes_inside_a_tensor(last)
-    with pytest.raises(T.CheckpointError, match=f'damaged.*use {out / "train" / "best.pt"} instead'):
+    with pytest.raises(CheckpointError, match=f'damaged.*use {out / "train" / "best.pt"} instead'):
         T.train(tiny(corpus, out, resume=True))
-    with pytest.raises(T.CheckpointError, match='damaged'):
-        T.load_detector(last)
-    T.load_detector(out / 'train' / 'best.pt')
+    with pytest.raises(CheckpointError, match='damaged'):
+        D.load_detector(last)
+    D.load_detector(out / 'train' / 'best.pt')
 
 
 # --- 6. the command line: one line naming the fix, exit 1, no traceback -------------------------------------
@@ -188,8 +190,8 @@ def test_cli_a_non_positive_window_or_stride(tmp_path, flag):
 
 def test_load_detector_on_a_checkpoint_that_is_not_a_detectors(tmp_path):
     torch.save({'state_dict': {'w': torch.zeros(2)}}, tmp_path / 'other.pt')
-    with pytest.raises(T.CheckpointError, match='not a detector checkpoint'):
-        T.load_detector(tmp_path / 'other.pt')
+    with pytest.raises(CheckpointError, match='not a detector checkpoint'):
+        D.load_detector(tmp_path / 'other.pt')
     (tmp_path / 'text.pt').write_text('hello')
-    with pytest.raises(T.CheckpointError, match='not a checkpoint torch can read'):
-        T.load_detector(tmp_path / 'text.pt')
+    with pytest.raises(CheckpointError, match='not a checkpoint torch can read'):
+        D.load_detector(tmp_path / 'text.pt')

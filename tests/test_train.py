@@ -7,6 +7,7 @@ import torch
 import yaml
 
 import brain_go_brrr.train as T
+from brain_go_brrr.detect import load_detector
 from brain_go_brrr.model import Detector
 from brain_go_brrr.normalization import NormalizationMismatch
 from brain_go_brrr.params import load_params
@@ -25,8 +26,9 @@ def test_a_tiny_run_writes_its_outputs(corpus, tmp_path):
         assert key in saved, key
     assert saved['steps'] == 2 * 4 and saved['epochs'] == 2 and saved['normalization_audit'] == 'ok'
     assert set(saved['dev_sens_at_fa']) == {'10', '5', '1'}
-    model, stats, p = T.load_detector(run / 'best.pt')
-    assert p.model.tcn_channels == 16 and stats.n_channels == 19
+    det = load_detector(run / 'best.pt')
+    assert det.params.model.tcn_channels == 16 and det.stats.n_channels == 19
+    assert set(det.operating_points) == {'10', '5', '1'}  # stored with the checkpoint, for detect
 
 
 def test_the_monitored_metric_is_one_the_evaluation_writes(corpus, tmp_path):
@@ -101,7 +103,7 @@ def test_guards_survive_a_nan_loss_and_a_nan_gradient(corpus, tmp_path, monkeypa
     monkeypatch.setattr(T, 'Detector', FaultyDetector)
     m = T.train(tiny(corpus, tmp_path, epochs=1, epoch_size=24, sanitize_grads=True, nan_debug=True))
     assert m['nonfinite_steps'] == 1 and m['sanitized_grad_entries'] == 1 and m['steps'] == 6
-    model, _, _ = T.load_detector(tmp_path / 'train' / 'last.pt')
+    model = load_detector(tmp_path / 'train' / 'last.pt').model
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -1,0 +1,66 @@
+"""Detection speed: hours of EEG per minute, at the CPU default size and the reference size, in fresh processes.
+
+    python bench/bench_detect.py                 # a 1-h recording; both sizes; writes outputs/bench/bench_detect.json
+    python bench/bench_detect.py --hours 0.25 --only cpu_smoke
+
+Each run is `python -m brain_go_brrr detect` on one generated 19-channel EDF at 256 Hz (no figures, a fixed threshold),
+with the detector's weights random: speed does not depend on them. Wall time counts the whole command (imports,
+reading, preprocessing, inference, writing); peak memory is the process's maximum resident set (`ru_maxrss`).
+"""
+import argparse, json, subprocess, sys, tempfile, time
+from pathlib import Path
+import numpy as np
+from brain_go_brrr.checkpoints import save_checkpoint
+from brain_go_brrr.model import Detector
+from brain_go_brrr.normalization import NormStats
+from brain_go_brrr.params import load_params
+from brain_go_brrr.signal import CHANNELS
+from brain_go_brrr.synth import write_edf
+
+SIZES = {'cpu_smoke': 'params/cpu_smoke.yaml', 'gpu_full': 'params/gpu_full.yaml'}
+CHILD = ("import resource, sys, time\nfrom brain_go_brrr.cli import main\nt = time.perf_counter()\nrc = main(sys.argv[1:])\n"
+         "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)")
+
+
+def random_detector_checkpoint(params_file: str, path: Path) -> Path:
+    "A detector checkpoint with the parameters of `params_file` and random weights."
+    p = load_params(params_file)
+    model = Detector(p.model.model_copy(update=dict(edge_clamp=p.edge_clamp)))
+    stats = NormStats(np.zeros(19), np.full(19, 20.0), 'uV', list(CHANNELS), 1, {'source': 'bench'})
+    save_checkpoint(path, dict(model=model.state_dict(), params=p.model_dump(mode='json'), norm_stats=stats.to_dict()))
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--hours', type=float, default=1.0, help='length of the generated recording (default 1)')
+    ap.add_argument('--only', choices=tuple(SIZES), help='one size only')
+    ap.add_argument('--out', default='outputs/bench/bench_detect.json')
+    a = ap.parse_args(argv)
+    results = {}
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        rng = np.random.default_rng(0)
+        n = int(a.hours * 3600 * 256)
+        edf = write_edf(d / 'recording.edf', {f'EEG {c}-REF': rng.normal(0, 20, n) for c in CHANNELS}, 256)
+        for name, params_file in SIZES.items():
+            if a.only and name != a.only: continue
+            ck = random_detector_checkpoint(params_file, d / f'{name}.pt')
+            r = subprocess.run([sys.executable, '-c', CHILD, 'detect', '--checkpoint', str(ck), str(edf), '--out',
+                                str(d / name), '--threshold', '0.5', '--no-figures', '--device', 'cpu'],
+                               capture_output=True, text=True)
+            if r.returncode: sys.exit(f'{name}: detect failed:\n{r.stderr[-2000:]}')
+            seconds, kb = map(float, r.stdout.split('BENCH')[1].split())
+            results[name] = dict(params=params_file, hours_of_eeg=a.hours, wall_s=round(seconds, 1),
+                                 hours_of_eeg_per_minute=round(a.hours / (seconds / 60), 3),
+                                 peak_rss_mib=round(kb / 1024))
+            print(f'{name}: {a.hours:g} h of EEG in {seconds:.0f} s: {results[name]["hours_of_eeg_per_minute"]:.2f} h '
+                  f'of EEG per minute, peak {results[name]["peak_rss_mib"]} MiB')
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(dict(results=results, when=time.strftime('%Y-%m-%d %H:%M')), indent=1))
+    print(f'wrote {a.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
