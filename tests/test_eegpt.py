@@ -105,7 +105,7 @@ def test_initialisation_scales_residual_projections_by_depth():
 
 def test_input_checks():
     m, ids = EEGPTEncoder(SMALL), eegpt_channel_ids(CHANNELS)
-    with pytest.raises(ValueError, match='64-sample patches'): m(torch.randn(1, 19, 1000), ids)
+    with pytest.raises(ValueError, match='shorter than one 64-sample patch'): m(torch.randn(1, 19, 63), ids)
     with pytest.raises(ValueError, match='channel ids'): m(torch.randn(1, 18, 1024), ids)
     with pytest.raises(ValueError, match='multiple of num_heads'): EEGPTEncoder(EEGPTConfig(embed_dim=60, num_heads=8))
 
