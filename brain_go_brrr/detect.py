@@ -304,12 +304,12 @@ def format_summary(rows: list[dict]) -> str:
 def detect_files(det: LoadedDetector, paths, out_dir, point: dict, device='cpu', batch_size: int = 8,
                  precision: str = 'fp32', unit: str | None = None, figures: bool = True, progress: bool = True) -> list[dict]:
     "Detect in every recording under `paths`; write each one's outputs under `out_dir`; one summary row each."
-    device, out_dir = torch.device(device), Path(out_dir)
+    device, out_dir, recordings = torch.device(device), Path(out_dir), recordings_under(paths)  # refusals first
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / 'operating_point.json').write_text(json.dumps(
         dict(checkpoint=str(det.path), probability_rate_hz=det.params.sfreq / STEP, **point), indent=1))
     rows = []
-    for path, rel in tqdm(recordings_under(paths), desc='recordings', unit='file', disable=not progress):
+    for path, rel in tqdm(recordings, desc='recordings', unit='file', disable=not progress):
         try:
             d, signal = detect_recording(det, path, point, device, batch_size, autocast_for(device, precision), unit)
             stem = out_dir / rel

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 import brain_go_brrr.train as T
-from brain_go_brrr.detect import load_detector
+from brain_go_brrr.detect import EVAL_METRICS, load_detector
 from brain_go_brrr.model import Detector
 from brain_go_brrr.normalization import NormalizationMismatch
 from brain_go_brrr.params import load_params
@@ -35,7 +35,7 @@ def test_the_monitored_metric_is_one_the_evaluation_writes(corpus, tmp_path):
     "The reference watched `sensitivity_at_10fa` while writing `sensitivity_at_10.0fa`: it always read 0."
     m = T.train(tiny(corpus, tmp_path, epochs=1, monitor='dev_sens_at_fa.10'))
     evaluation = [h for h in m['history'] if 'dev_auroc' in h][-1]
-    assert set(T.EVAL_METRICS) <= set(evaluation)
+    assert set(EVAL_METRICS) <= set(evaluation)
     assert T.monitored(evaluation, 'dev_sens_at_fa.10') == evaluation['dev_sens_at_fa']['10']
     with pytest.raises(KeyError, match='sensitivity_at_10fa'):
         T.monitored(evaluation, 'sensitivity_at_10fa')
