@@ -61,11 +61,22 @@ class TrainParams(BaseModel):
     nan_debug: bool = False
     edge_clamp: bool = True
     max_nonfinite_in_row: int = Field(10, ge=1)
+    input_clip_sigma: float | None = Field(20.0, gt=0, description='clip normalised inputs at plus or minus this '
+                                           'many standard deviations (electrode pops); null: off')
+    # loss: focal loss down-weights the windows already right (the reference trained with it)
+    loss: Literal['bce', 'focal'] = 'bce'
+    focal_gamma: float = Field(2.0, ge=0, description='focal exponent; 0 is binary cross-entropy')
+    focal_alpha: float | None = Field(None, ge=0, le=1, description='focal weight of the seizure class; null: none')
+    pos_weight: float | None = Field(None, gt=0, description='weight of seizure samples in the loss; null: 1')
     # evaluation and stopping
     monitor: str = 'dev_auroc'
     patience: int = Field(5, ge=1)
     eval_every: int = Field(1, ge=1, description='epochs between dev evaluations')
     resume: bool = False
+    checkpoint_every_minutes: float | None = Field(None, gt=0, description='also checkpoint (last.pt) this often '
+                                                   'inside an epoch, resumable exactly there; null: at epoch ends only')
+    ddp_timeout_minutes: float = Field(30.0, gt=0, description='how long a DDP collective waits for every rank')
+    tensorboard: bool = Field(True, description='TensorBoard event files in <run_dir>/tensorboard')
     model: DetectorConfig = Field(default_factory=DetectorConfig)
 
     @field_validator(*PATH_FIELDS)

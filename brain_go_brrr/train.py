@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse, json, logging, math, os, platform, random, shutil, time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
@@ -19,21 +21,25 @@ from .params import TrainParams, load_params
 from .tusz import check_splits
 from .cache import (STATS_FILE, build_cache, cache_lock, check_cache_splits, open_cache, scan_cache,
                                  format_scan, verify_cache)
+from torch.utils.data import DataLoader
 from .datasets import WindowDataset, BalancedSeizureDataset, make_loader
 from .normalization import NormStats, compute_norm_stats, gate_normalization
 from .model import Detector
 from .checkpoints import load_checkpoint, save_checkpoint
-from .detect import evaluate_dev, resolve_device
+from .detect import STEP, evaluate_dev, resolve_device
 from .synth import synth_tusz
 
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
-__all__ = ['log', 'NO_DECAY_MODULES', 'RESUME_MAY_CHANGE', 'embedded_corpus', 'data_dir_of', 'cache_dir_of', 'preflight',
-           'stats_of_training_cache', 'param_groups', 'warmup_cosine', 'sanitize_gradients', 'NanDebugger', 'Step',
-           'train_step', 'setup_distributed', 'barrier', 'rng_state', 'set_rng_state', 'seed_everything', 'unwrap',
-           'TrainingDiverged', 'resume_changes', 'train', 'monitored', 'diagnosis', 'final_metrics', 'environment',
-           'write_run', 'override_of', 'train_cli', 'plot_curves', 'plot_trace']
+__all__ = ['log', 'NO_DECAY_MODULES', 'RESUME_MAY_CHANGE', 'NONFINITE_BATCHES_KEPT', 'COUNTERS', 'embedded_corpus', 'data_dir_of',
+           'cache_dir_of', 'preflight', 'stats_of_training_cache', 'param_groups', 'warmup_cosine',
+           'sanitize_gradients', 'NanDebugger', 'clip_input', 'clipping', 'seizure_loss', 'loss_of', 'dev_loss', 'Step',
+           'train_step', 'setup_distributed', 'barrier', 'rng_state', 'set_rng_state', 'checkpoint_of',
+           'checkpoint_due', 'batches_after', 'seed_everything', 'unwrap', 'TrainingDiverged', 'resume_changes',
+           'windows_of_batch', 'save_nonfinite_batch', 'tensorboard_writer', 'log_scalars', 'counters', 'train',
+           'monitored', 'diagnosis', 'final_metrics', 'environment', 'write_run', 'override_of', 'train_cli',
+           'plot_curves', 'plot_trace']
 
 # %% ../nbs/08_train.ipynb #66a2a2ba
 def embedded_corpus(p: TrainParams) -> Path:
@@ -145,6 +151,40 @@ class NanDebugger:
     def remove(self):
         for h in self.handles: h.remove()
 
+# %% ../nbs/08_train.ipynb #00212b8b
+def clip_input(x: torch.Tensor, sigma: float | None) -> tuple[torch.Tensor, int]:
+    "`x` (normalised) clipped to plus or minus `sigma`, and how many samples were changed; `sigma` None: unchanged."
+    if sigma is None: return x, 0
+    return x.clamp(-sigma, sigma), int((x.abs() > sigma).sum())
+
+def clipping(transform, sigma: float | None):
+    "`transform` (numpy windows) followed by the same clip, for the dev evaluation."
+    if sigma is None: return transform
+    return lambda x: np.clip(transform(x), -sigma, sigma)
+
+# %% ../nbs/08_train.ipynb #55b1f6fc
+def seizure_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = 'bce', pos_weight: float | None = None,
+                 gamma: float = 2.0, alpha: float | None = None) -> torch.Tensor:
+    "Mean per-sample binary cross-entropy (`kind='bce'`) or focal loss; `pos_weight` weights the seizure term."
+    weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+    ce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=weight, reduction='none')
+    if kind == 'bce': return ce.mean()
+    p = torch.sigmoid(logits)
+    p_right = p * y + (1 - p) * (1 - y)
+    focal = (1 - p_right) ** gamma * ce
+    if alpha is not None: focal = (alpha * y + (1 - alpha) * (1 - y)) * focal
+    return focal.mean()
+
+def loss_of(p: TrainParams):
+    "The loss function `p` asks for, `(logits, y) -> loss`."
+    return partial(seizure_loss, kind=p.loss, pos_weight=p.pos_weight, gamma=p.focal_gamma, alpha=p.focal_alpha)
+
+def dev_loss(cache, probs: dict, loss_fn) -> float:
+    "The training loss on the dev probabilities (every `STEP`-th sample): rising while training's falls is overfitting."
+    y = torch.from_numpy(np.concatenate([np.asarray(cache.labels(r), np.float32)[::STEP] for r in cache.recordings]))
+    p = torch.from_numpy(np.concatenate([probs[r.token] for r in cache.recordings])).double()
+    return float(loss_fn(torch.logit(p, eps=1e-7), y.double()))
+
 # %% ../nbs/08_train.ipynb #67df9db2
 @dataclass
 class Step:
@@ -156,13 +196,19 @@ class Step:
     logits_finite: bool
     error: str | None = None  # the forward pass failed (LAPACK refuses a non-finite graph in eigh)
 
+    @property
+    def updated(self) -> bool:
+        "Neither a guard nor the loss scaler skipped the step: the weights changed (the schedule counts these only)."
+        return not self.skipped and not self.scaler_skipped
+
 def train_step(model, x, y, optimizer, scaler, autocast=nullcontext, grad_clip: float = 1.0,
-               sanitize: bool = False, skip_nonfinite: bool = True) -> Step:
+               sanitize: bool = False, skip_nonfinite: bool = True,
+               loss_fn=F.binary_cross_entropy_with_logits) -> Step:
     "Forward, loss, backward, clipping and the update, with the guards; `skip_nonfinite=False` is the reference's unguarded step."
     try:
         with autocast():
             logits = model(x)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        loss = loss_fn(logits.float(), y)
     except torch.linalg.LinAlgError as e:  # a non-finite graph reached the eigendecomposition
         return Step(float('nan'), float('nan'), True, False, 0, False, f'{type(e).__name__}: {str(e).splitlines()[0]}')
     optimizer.zero_grad(set_to_none=True)
@@ -182,11 +228,11 @@ def train_step(model, x, y, optimizer, scaler, autocast=nullcontext, grad_clip: 
     return Step(loss.item(), grad_norm, skipped, scaler_skipped, sanitized, bool(torch.isfinite(logits).all()))
 
 # %% ../nbs/08_train.ipynb #8a151a12
-def setup_distributed(device: torch.device) -> tuple[int, int]:
-    "(rank, world size); initialises the process group when launched by torchrun."
+def setup_distributed(device: torch.device, timeout_minutes: float = 30.0) -> tuple[int, int]:
+    "(rank, world size); under torchrun, initialises the process group (collectives wait `timeout_minutes`)."
     world = int(os.environ.get('WORLD_SIZE', 1))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=timedelta(minutes=timeout_minutes))
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 def barrier():
@@ -205,6 +251,24 @@ def set_rng_state(s: dict) -> None:
     np.random.set_state(('MT19937', s['numpy'].numpy().astype(np.uint32), s['numpy_pos'], 0, 0.0))
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
+def checkpoint_of(model, optimizer, scheduler, scaler, s: dict, p: TrainParams, stats: NormStats) -> dict:
+    "Everything the next step depends on, and what `detect` needs: weights, parameters, statistics."
+    return dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict(), rng=rng_state(), state=s, params=p.model_dump(mode='json'),
+                norm_stats=stats.to_dict())
+
+def checkpoint_due(p: TrainParams, since: float) -> bool:
+    "`checkpoint_every_minutes` have passed since `since` (a `time.time()`)."
+    return p.checkpoint_every_minutes is not None and time.time() - since >= 60 * p.checkpoint_every_minutes
+
+def batches_after(loader, done: int):
+    "`loader` without the first `done` batches of this epoch, which are not loaded (a run resumed mid-epoch)."
+    if not done: return loader
+    # its own generator: the global random state is the checkpoint's, as it was after those batches
+    rest = list(loader.sampler)[done * loader.batch_size:]
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=rest, num_workers=loader.num_workers,
+                      drop_last=loader.drop_last, generator=torch.Generator())
+
 # %% ../nbs/08_train.ipynb #06da95b2
 def seed_everything(seed: int) -> None:
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
@@ -215,7 +279,8 @@ class TrainingDiverged(RuntimeError): pass
 
 # what changes neither the data nor the steps taken; output_dir: a run folder may be moved
 RESUME_MAY_CHANGE = ('resume', 'epochs', 'patience', 'eval_every', 'num_workers', 'cache_workers', 'device',
-                     'nan_debug', 'output_dir')
+                     'nan_debug', 'output_dir', 'tensorboard',
+                     'checkpoint_every_minutes', 'ddp_timeout_minutes')
 
 def _flat(d: dict, prefix='') -> dict:
     return {f'{prefix}{k}': v for k0, v0 in d.items()
@@ -232,12 +297,49 @@ def resume_changes(saved: dict, p: TrainParams, where='last.pt') -> dict:
                                  f'{", ".join(RESUME_MAY_CHANGE)} may change')
     return changed
 
+# %% ../nbs/08_train.ipynb #c5eb297c
+NONFINITE_BATCHES_KEPT = 3
+
+def windows_of_batch(loader, dataset: BalancedSeizureDataset, b: int) -> list[tuple[str, int]]:
+    "(recording token, start sample) of each window of batch `b` of the current epoch."
+    positions = list(loader.sampler)[b * loader.batch_size:(b + 1) * loader.batch_size]
+    w = dataset.windows
+    return [(w.cache.recordings[w.rec_idx[dataset.index[i]]].token, int(w.starts[dataset.index[i]])) for i in positions]
+
+def save_nonfinite_batch(run_dir: Path, step: int, x, y, windows: list[tuple[str, int]], rank: int = 0) -> Path:
+    "Save the batch of non-finite step `step` as `nonfinite_batch_step<step>.pt` (`_rank<r>` beyond rank 0)."
+    path = run_dir / f'nonfinite_batch_step{step}{f"_rank{rank}" if rank else ""}.pt'
+    torch.save(dict(step=step, x=x.cpu(), y=y.cpu(), recordings=[r for r, _ in windows],
+                    starts=[s for _, s in windows]), path)
+    return path
+
+# %% ../nbs/08_train.ipynb #1ac6354f
+COUNTERS = dict(nonfinite_steps='nonfinite_steps', sanitized='sanitized_grad_entries',
+                edge_clamped='edge_clamped_weights', scaler_skipped='scaler_skipped_steps',
+                clipped_inputs='clipped_input_samples')  # state key: name in metrics.json and TensorBoard
+
+def tensorboard_writer(p: TrainParams, rank: int = 0):
+    "A `SummaryWriter` on `<run_dir>/tensorboard` for rank 0 when `p.tensorboard`, else None."
+    if rank or not p.tensorboard: return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(p.run_dir / 'tensorboard'))
+
+def log_scalars(writer, step: int, group: str, values: dict) -> None:
+    "Every number in `values` (nested keys joined by '.') as the scalar `group/key` at `step`; no writer: nothing."
+    if writer is None: return
+    for k, v in _flat(values).items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool): writer.add_scalar(f'{group}/{k}', v, step)
+
+def counters(s: dict) -> dict:
+    "The guards' running counts in the training state `s`, by their metrics.json names."
+    return {name: s[key] for key, name in COUNTERS.items()}
+
 # %% ../nbs/08_train.ipynb #9f8eb22b
 def train(p: TrainParams) -> dict:
     "Train the detector described by `p`; writes `p.run_dir` and returns the metrics."
     t_start = time.time()
     device = resolve_device(p.device)
-    rank, world = setup_distributed(device)
+    rank, world = setup_distributed(device, p.ddp_timeout_minutes)
     run_dir = p.run_dir
     last, best_path = run_dir / 'last.pt', run_dir / 'best.pt'
     # a damaged checkpoint or changed parameters are refused before any work
@@ -264,11 +366,12 @@ def train(p: TrainParams) -> dict:
     dtype = getattr(torch, p.precision_dtype)
     autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=p.mixed_precision)
     scaler = torch.amp.GradScaler(device.type, enabled=p.mixed_precision and dtype == torch.float16)
+    loss_fn = loss_of(p)
     debugger = NanDebugger(unwrap(model)) if p.nan_debug else None
 
     # state, resumed if asked
-    s = dict(epoch=0, step=0, best=-math.inf, bad_epochs=0, nonfinite_steps=0, sanitized=0, edge_clamped=0,
-             scaler_skipped=0, in_a_row=0, history=[], seconds=0.0, resumes=[])
+    s = dict(epoch=0, batch=0, step=0, best=-math.inf, bad_epochs=0, nonfinite_steps=0, sanitized=0, edge_clamped=0,
+             scaler_skipped=0, clipped_inputs=0, in_a_row=0, history=[], seconds=0.0, resumes=[])
     if ck:
         unwrap(model).load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
         scheduler.load_state_dict(ck['scheduler']); scaler.load_state_dict(ck['scaler'])
@@ -276,34 +379,59 @@ def train(p: TrainParams) -> dict:
         s['resumes'] = [*s['resumes'], dict(epoch=s['epoch'], step=s['step'], changed=changes)]
         log.info(f'resumed from {last} at epoch {s["epoch"]}, step {s["step"]}; changed: {changes}')
     seconds_before = s['seconds']  # the training time of the processes before this one
+    dev_transform = clipping(transform, p.input_clip_sigma)
+    writer = tensorboard_writer(p, rank)
+    saved_at = time.time()
 
     while s['epoch'] < p.epochs:
         dataset.set_epoch(s['epoch'])
         if world > 1: loader.sampler.set_epoch(s['epoch'])
-        bar = tqdm(loader, desc=f'epoch {s["epoch"] + 1}/{p.epochs}', disable=rank != 0, leave=False)
+        batches = batches_after(loader, s['batch'])  # a run resumed mid-epoch goes on where it stopped
+        bar = tqdm(batches, desc=f'epoch {s["epoch"] + 1}/{p.epochs}', disable=rank != 0, leave=False,
+                   initial=s['batch'], total=len(loader))
         losses = []
-        for x, y in bar:
+        for b, (x, y) in enumerate(bar):
             if debugger: debugger.step = s['step']
-            st = train_step(model, x.to(device), y.to(device), optimizer, scaler, autocast, p.grad_clip, p.sanitize_grads)
-            s['sanitized'] += st.sanitized; s['scaler_skipped'] += st.scaler_skipped
+            x, clipped = clip_input(x, p.input_clip_sigma)
+            st = train_step(model, x.to(device), y.to(device), optimizer, scaler, autocast, p.grad_clip,
+                            p.sanitize_grads, loss_fn=loss_fn)
+            s['clipped_inputs'] += clipped
+            s['sanitized'] += st.sanitized
+            s['scaler_skipped'] += st.scaler_skipped
             s['edge_clamped'] += int(unwrap(model).edge_stream.clamped)  # the edge clamp counts what it changed
             if st.skipped:
-                s['nonfinite_steps'] += 1; s['in_a_row'] += 1
+                s['nonfinite_steps'] += 1
+                s['in_a_row'] += 1
+                if s['nonfinite_steps'] <= NONFINITE_BATCHES_KEPT:
+                    save_nonfinite_batch(run_dir, s['step'], x, y, windows_of_batch(batches, dataset, b), rank)
                 if s['in_a_row'] >= p.max_nonfinite_in_row: raise TrainingDiverged(diagnosis(p, s, debugger))
             else:
-                scheduler.step(); s['in_a_row'] = 0
+                s['in_a_row'] = 0
                 losses.append(st.loss)
+            if st.updated: scheduler.step()  # a step the loss scaler skipped updated nothing: the schedule waits
             s['step'] += 1
-            s['history'].append(dict(step=s['step'], loss=st.loss, lr=scheduler.get_last_lr()[0], grad_norm=st.grad_norm))
+            s['batch'] += 1
+            step_record = dict(loss=st.loss, lr=scheduler.get_last_lr()[0], grad_norm=st.grad_norm)
+            s['history'].append(dict(step=s['step'], **step_record, updated=st.updated))
+            log_scalars(writer, s['step'], 'train', step_record)
+            log_scalars(writer, s['step'], 'counters', counters(s))
             bar.set_postfix(loss=f'{st.loss:.4f}')
+            if rank == 0 and checkpoint_due(p, saved_at):
+                s['seconds'] = seconds_before + time.time() - t_start
+                save_checkpoint(last, checkpoint_of(model, optimizer, scheduler, scaler, s, p, pre['stats']))
+                saved_at = time.time()
         s['epoch'] += 1
+        s['batch'] = 0
 
         # evaluate, checkpoint, keep the best, stop early (rank 0 decides, every rank follows)
         stop = False
         if rank == 0:
             if s['epoch'] % p.eval_every == 0 or s['epoch'] == p.epochs:
-                metrics, _ = evaluate_dev(unwrap(model), dev_cache, window, transform, device, p.batch_size, autocast)
+                metrics, probs = evaluate_dev(unwrap(model), dev_cache, window, dev_transform, device, p.batch_size,
+                                              autocast)
+                metrics['dev_loss'] = dev_loss(dev_cache, probs, loss_fn)
                 s['history'].append(dict(step=s['step'], epoch=s['epoch'], **metrics))
+                log_scalars(writer, s['step'], 'dev', metrics)
                 watched = monitored(metrics, p.monitor)
                 log.info(f'epoch {s["epoch"]}: mean loss {np.mean(losses) if losses else float("nan"):.4f}, '
                          f'{p.monitor} {watched:.4f} (best before {s["best"]:.4f})')
@@ -311,10 +439,9 @@ def train(p: TrainParams) -> dict:
                 else: s['bad_epochs'] += 1
                 stop = s['bad_epochs'] >= p.patience
             s['seconds'] = seconds_before + time.time() - t_start
-            ck = dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                      scaler=scaler.state_dict(), rng=rng_state(), state=s, params=p.model_dump(mode='json'),
-                      norm_stats=pre['stats'].to_dict())
+            ck = checkpoint_of(model, optimizer, scheduler, scaler, s, p, pre['stats'])
             save_checkpoint(last, ck)  # every epoch, so a crash loses at most one
+            saved_at = time.time()
             if s['bad_epochs'] == 0 and s['history'] and 'dev_auroc' in s['history'][-1]: save_checkpoint(best_path, ck)
         if world > 1:
             flag = [stop]; dist.broadcast_object_list(flag, 0); stop = flag[0]
@@ -322,6 +449,7 @@ def train(p: TrainParams) -> dict:
             log.info(f'early stopping: {p.monitor} did not improve for {p.patience} evaluations'); break
 
     if debugger: debugger.remove()
+    if writer: writer.close()
     s['seconds'] = seconds_before + time.time() - t_start
     metrics = final_metrics(p, s, pre, world)
     if rank == 0: write_run(p, metrics)
@@ -352,8 +480,7 @@ def final_metrics(p, s, pre, world) -> dict:
     seconds = s['seconds']  # of every process, when resumed
     return dict(dev_auroc=best.get('dev_auroc'), dev_sens_at_fa=best.get('dev_sens_at_fa'),
                 dev_operating_points=best.get('dev_operating_points'), last_dev_auroc=last.get('dev_auroc'),
-                epochs=s['epoch'], steps=s['step'], nonfinite_steps=s['nonfinite_steps'], sanitized_grad_entries=s['sanitized'],
-                edge_clamped_weights=s['edge_clamped'], scaler_skipped_steps=s['scaler_skipped'],
+                epochs=s['epoch'], steps=s['step'], **counters(s),
                 mixed_precision=p.mixed_precision, precision_dtype=p.precision_dtype if p.mixed_precision else 'float32',
                 normalization_audit=pre['audit'].verdict, normalization_override=bool(pre['audit'].overridden),
                 normalization_report=pre['audit'].to_dict(), seconds=seconds,

@@ -7,6 +7,7 @@ import torch
 import yaml
 
 import brain_go_brrr.train as T
+from brain_go_brrr.datasets import WindowDataset
 from brain_go_brrr.detect import EVAL_METRICS, load_detector
 from brain_go_brrr.model import Detector
 from brain_go_brrr.normalization import NormalizationMismatch
@@ -101,10 +102,22 @@ class FaultyDetector(Detector):
 
 def test_guards_survive_a_nan_loss_and_a_nan_gradient(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(T, 'Detector', FaultyDetector)
-    m = T.train(tiny(corpus, tmp_path, epochs=1, epoch_size=24, sanitize_grads=True, nan_debug=True))
+    p = tiny(corpus, tmp_path, epochs=1, epoch_size=24, sanitize_grads=True, nan_debug=True)
+    m = T.train(p)
     assert m['nonfinite_steps'] == 1 and m['sanitized_grad_entries'] == 1 and m['steps'] == 6
     model = load_detector(tmp_path / 'train' / 'last.pt').model
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    # the batch of the NaN step (the 2nd, step index 1) is kept, and its windows are the ones it names
+    saved = torch.load(tmp_path / 'train' / 'nonfinite_batch_step1.pt')
+    assert saved['step'] == 1 and saved['x'].shape[0] == saved['y'].shape[0] == len(saved['recordings']) == 4
+    assert sorted(f.name for f in (tmp_path / 'train').glob('nonfinite_batch_*')) == ['nonfinite_batch_step1.pt']
+    stats = T.stats_of_training_cache(p)
+    windows = WindowDataset(T.cache_dir_of(p, 'train'), p.window_s, p.stride_s, transform=stats.apply)
+    tokens = [r.token for r in windows.cache.recordings]
+    for k, (token, start) in enumerate(zip(saved['recordings'], saved['starts'])):
+        i = np.flatnonzero((windows.rec_idx == tokens.index(token)) & (windows.starts == start))[0]
+        x, y = windows[i]
+        assert torch.equal(T.clip_input(x, p.input_clip_sigma)[0], saved['x'][k]) and torch.equal(y, saved['y'][k])
 
 
 def test_too_many_nonfinite_steps_in_a_row_stop_with_a_diagnosis(corpus, tmp_path, monkeypatch):

@@ -1,0 +1,97 @@
+"""Training at real scale: the schedule under fp16 skips, class-imbalance losses, TensorBoard and the input clip,
+mid-epoch resume, the DDP timeout."""
+import json
+import pytest
+import torch
+
+import brain_go_brrr.train as T
+from brain_go_brrr.model import Detector
+from brain_go_brrr.params import load_params
+from conftest import tiny
+
+
+class Overflowing(Detector):
+    "A real detector whose 2nd and 4th backward overflow (infinite gradient entries), as fp16 does."
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.calls = 0
+        next(self.parameters()).register_hook(lambda g: g * float('inf') if self.calls in (2, 4) else g)
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+def test_the_schedule_advances_with_real_updates_only(corpus, tmp_path, monkeypatch):
+    "The fp16 loss scaler skips an overflowing step: the learning rate of each real update stays what it was."
+    kw = dict(epochs=1, epoch_size=32, mixed_precision=True, precision_dtype='float16', warmup_steps=4)
+    clean = T.train(tiny(corpus, tmp_path / 'clean', **kw))
+    monkeypatch.setattr(T, 'Detector', Overflowing)
+    faulty = T.train(tiny(corpus, tmp_path / 'faulty', **kw))
+    assert faulty['scaler_skipped_steps'] == clean['scaler_skipped_steps'] + 2 and faulty['nonfinite_steps'] == 0
+    lr_per_update = lambda m: [h['lr'] for h in m['history'] if h.get('updated')]
+    assert len(lr_per_update(faulty)) == len(lr_per_update(clean)) - 2
+    assert lr_per_update(faulty) == lr_per_update(clean)[:len(lr_per_update(faulty))]
+
+
+def test_loss_options_against_a_hand_computation():
+    logits, y = torch.tensor([1.5, -0.5, 0.2, -2.0]), torch.tensor([1.0, 1.0, 0.0, 0.0])
+    p = torch.sigmoid(logits)
+    ce = -(y * p.log() + (1 - y) * (1 - p).log())
+    assert torch.allclose(T.seizure_loss(logits, y, 'focal', gamma=0.0), T.seizure_loss(logits, y, 'bce'))
+    assert torch.allclose(T.seizure_loss(logits, y, 'bce'), ce.mean())
+    assert torch.allclose(T.seizure_loss(logits, y, 'bce', pos_weight=4.0), (ce * (1 + 3 * y)).mean())
+    p_right = y * p + (1 - y) * (1 - p)
+    focal = (0.3 * y + 0.7 * (1 - y)) * (1 - p_right) ** 2 * ce
+    assert torch.allclose(T.seizure_loss(logits, y, 'focal', gamma=2.0, alpha=0.3), focal.mean())
+    params = load_params(None, loss='focal', focal_gamma=1.0, pos_weight=2.0)
+    assert torch.allclose(T.loss_of(params)(logits, y), T.seizure_loss(logits, y, 'focal', 2.0, 1.0))
+
+
+def test_a_run_logs_to_tensorboard_and_counts_clipped_inputs(corpus, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    m = T.train(tiny(corpus, tmp_path, epochs=1, loss='focal', input_clip_sigma=1.0))
+    saved = json.loads((tmp_path / 'train' / 'metrics.json').read_text())
+    assert saved['clipped_input_samples'] == m['clipped_input_samples'] > 0
+    events = EventAccumulator(str(tmp_path / 'train' / 'tensorboard')).Reload()
+    tags = set(events.Tags()['scalars'])
+    assert {'train/loss', 'train/lr', 'train/grad_norm'} <= tags
+    assert {'dev/dev_loss', 'dev/dev_auroc', 'dev/dev_sens_at_fa.10'} <= tags
+    assert {f'counters/{c}' for c in T.COUNTERS.values()} <= tags
+    assert [e.value for e in events.Scalars('counters/clipped_input_samples')][-1] == m['clipped_input_samples']
+    assert len(events.Scalars('train/loss')) == m['steps']
+    assert not T.tensorboard_writer(tiny(corpus, tmp_path, tensorboard=False))
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(corpus, tmp_path, monkeypatch):
+    "Checkpoints inside the epoch: sampler position, random states (dropout), optimiser and schedule resume there."
+    kw = dict(epochs=2, epoch_size=16, checkpoint_every_minutes=1e-9)  # last.pt after every step
+    T.train(tiny(corpus, tmp_path / 'a', **kw))
+    straight = T.load_checkpoint(tmp_path / 'a' / 'train' / 'last.pt')
+
+    real_save = T.save_checkpoint
+    def killed_in_the_second_epoch(path, state):
+        real_save(path, state)
+        if (state['state']['epoch'], state['state']['batch']) == (1, 2): raise KeyboardInterrupt('killed mid-epoch')
+    monkeypatch.setattr(T, 'save_checkpoint', killed_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(tiny(corpus, tmp_path / 'b', **kw))
+    monkeypatch.setattr(T, 'save_checkpoint', real_save)
+    T.train(tiny(corpus, tmp_path / 'b', resume=True, **kw))
+    resumed = T.load_checkpoint(tmp_path / 'b' / 'train' / 'last.pt')
+    assert resumed['state']['resumes'][0]['step'] == 4 + 2 and resumed['state']['step'] == straight['state']['step']
+    for k, v in straight['model'].items():
+        assert torch.equal(v, resumed['model'][k]), k
+    lrs = lambda ck: [h['lr'] for h in ck['state']['history'] if 'lr' in h]
+    assert lrs(resumed) == lrs(straight)
+
+
+def test_the_process_group_waits_ddp_timeout_minutes(monkeypatch):
+    seen = {}
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setattr(T.dist, 'is_initialized', lambda: False)
+    monkeypatch.setattr(T.dist, 'init_process_group', lambda backend, timeout: seen.update(backend=backend,
+                                                                                          timeout=timeout))
+    monkeypatch.setattr(T.dist, 'get_rank', lambda: 1)
+    assert T.setup_distributed(torch.device('cpu'), 90) == (1, 2)
+    assert seen == dict(backend='gloo', timeout=T.timedelta(minutes=90))
