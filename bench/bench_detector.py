@@ -1,5 +1,6 @@
 """The reference-size detector (params/gpu_full.yaml) with this project's selective scan against the stored-states scan
-it replaced (bench/baseline_scan.py), side by side in one run; and one Mamba block against mambapy 1.2.
+it replaced (bench/baseline_scan.py), side by side in one run; one Mamba block against mambapy 1.2; and the detector's
+inference beside the published SeizureTransformer baseline's (params/seizure_transformer.yaml, Wu et al. 2025).
 
 Every figure comes from fresh processes, the two implementations alternating (A B A B ...), so a machine whose speed
 drifts affects both alike; ratios are taken pair by pair and their median reported. Peak memory is each process's
@@ -7,18 +8,21 @@ peak resident set (what `/usr/bin/time -v` reports as "Maximum resident set size
 
     python bench/bench_detector.py                       # everything, about 4 minutes on 2 cores
     python bench/bench_detector.py --only block --out block.json
+    python bench/bench_detector.py --only seizure_transformer
 
 Measures:
   train    one training step (forward + backward, batch 1, one 60-s window): seconds and peak memory;
   infer    inference (batch 1, no_grad): seconds per 60-s window and hours of EEG per hour (wall and CPU);
   block    one Mamba block, 19 x 960 x 64, d_state 16, forward + backward on 1 thread: ours, the baseline, mambapy;
-  length   peak memory of a training step at 15, 60 and 240-s windows (this project's scan): the fitted slope.
+  length   peak memory of a training step at 15, 60 and 240-s windows (this project's scan): the fitted slope;
+  seizure_transformer  inference (batch 1, no_grad, 60-s window) of the V3 detector and of SeizureTransformer at its
+           published size (37.8M parameters), alternating, each in a fresh process: seconds and peak memory.
 """
 import argparse, json, os, resource, statistics, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = ROOT / 'params/gpu_full.yaml'
+PARAMS = {'v3': ROOT / 'params/gpu_full.yaml', 'seizure_transformer': ROOT / 'params/seizure_transformer.yaml'}
 
 
 def rusage_cpu() -> float:
@@ -30,7 +34,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(job: str, scan: str, seconds: int, repeats: int, threads: int) -> dict:
+def worker(job: str, scan: str, seconds: int, repeats: int, threads: int, model_name: str = 'v3') -> dict:
     "One measurement in this (fresh) process; printed as one JSON line."
     import torch
     torch.set_num_threads(threads)
@@ -38,10 +42,10 @@ def worker(job: str, scan: str, seconds: int, repeats: int, threads: int) -> dic
     if scan == 'baseline':
         from baseline_scan import use_baseline_scan
         use_baseline_scan()
-    from brain_go_brrr.model import Detector, detector_input
-    cfg, _ = detector_input(PARAMS)
+    from brain_go_brrr.model import build_detector, detector_input
+    cfg, _ = detector_input(PARAMS[model_name])
     torch.manual_seed(0)
-    model = Detector(cfg).train(job != 'infer')
+    model = build_detector(cfg).train(job != 'infer')
     x = torch.randn(1, cfg.n_channels, seconds * 256)
     baseline_rss = peak_rss_mib()
 
@@ -59,7 +63,8 @@ def worker(job: str, scan: str, seconds: int, repeats: int, threads: int) -> dic
         step()
         wall.append(time.perf_counter() - t0)
         cpu.append(rusage_cpu() - c0)
-    return dict(job=job, scan=scan, seconds=seconds, threads=threads, wall_s=min(wall), cpu_s=min(cpu),
+    return dict(job=job, scan=scan, model=model_name, seconds=seconds, threads=threads, wall_s=min(wall),
+                cpu_s=min(cpu),
                 peak_rss_mib=peak_rss_mib(), rss_before_step_mib=baseline_rss)
 
 
@@ -93,10 +98,10 @@ def block_worker(repeats: int) -> dict:
                 max_diff_vs_mambapy=diff('ours', 'mambapy'), max_diff_vs_baseline=diff('ours', 'baseline'))
 
 
-def run_worker(job, scan='ours', seconds=60, repeats=2, threads=2) -> dict:
+def run_worker(job, scan='ours', seconds=60, repeats=2, threads=2, model_name='v3') -> dict:
     "A fresh interpreter for one measurement; its JSON line."
     cmd = [sys.executable, __file__, '--worker', job, '--scan', scan, '--seconds', str(seconds), '--repeats', str(repeats),
-           '--threads', str(threads)]
+           '--threads', str(threads), '--model', model_name]
     env = os.environ | {'OMP_NUM_THREADS': str(threads), 'PYTHONPATH': os.pathsep.join([str(ROOT / 'bench'), str(ROOT)])}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode: raise RuntimeError(f'{" ".join(cmd)} failed:\n{out.stderr[-3000:]}')
@@ -111,6 +116,16 @@ def paired(job, pairs, repeats) -> dict:
     return dict(baseline={k: med(k, 0) for k in ('wall_s', 'cpu_s', 'peak_rss_mib', 'rss_before_step_mib')},
                 ours={k: med(k, 1) for k in ('wall_s', 'cpu_s', 'peak_rss_mib', 'rss_before_step_mib')},
                 speedup_wall=ratio('wall_s'), memory_ratio=ratio('peak_rss_mib'), runs=runs)
+
+
+def beside_baseline(pairs, repeats) -> dict:
+    "`pairs` rounds of V3 then SeizureTransformer inference, each a fresh process; per-pair ratios ST / V3."
+    baseline = dict(repeats=repeats, model_name='seizure_transformer')
+    runs = [(run_worker('infer', repeats=repeats), run_worker('infer', **baseline)) for _ in range(pairs)]
+    keys = ('wall_s', 'cpu_s', 'peak_rss_mib')
+    med = lambda key, who: statistics.median(r[who][key] for r in runs)
+    return dict(v3={k: med(k, 0) for k in keys}, seizure_transformer={k: med(k, 1) for k in keys},
+                st_over_v3_wall=statistics.median(s['wall_s'] / v['wall_s'] for v, s in runs), runs=runs)
 
 
 def memory_against_length(lengths=(15, 60, 240)) -> dict:
@@ -146,12 +161,21 @@ def report(results: dict) -> str:
         pts = ', '.join(f'{s} s: {p:.0f} MiB' for s, p in zip(m['seconds'], m['peak_rss_mib']))
         lines.append(f"training-step peak memory against window length: {pts}; slope {m['slope_mib_per_minute']:.0f} "
                      f"MiB per minute of EEG, worst residual from the line {m['worst_residual_mib']:.0f} MiB")
+    if 'seizure_transformer' in results:
+        t = results['seizure_transformer']
+        v, s = t['v3'], t['seizure_transformer']
+        lines.append(f"inference beside the baseline, batch 1, 60-s window (2 threads): V3 detector "
+                     f"{v['wall_s']:.2f} s ({60 / v['wall_s']:.0f} h of EEG per hour, peak {v['peak_rss_mib']:.0f} MiB); "
+                     f"SeizureTransformer "
+                     f"{s['wall_s']:.2f} s ({60 / s['wall_s']:.0f} h per hour, peak {s['peak_rss_mib']:.0f} MiB); "
+                     f"ratio {t['st_over_v3_wall']:.2f}")
     return '\n'.join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog='python bench/bench_detector.py', description=__doc__.split('\n\n')[0])
-    p.add_argument('--only', nargs='*', choices=['train', 'infer', 'block', 'length'], help='a subset of the measurements')
+    p.add_argument('--only', nargs='*', choices=['train', 'infer', 'block', 'length', 'seizure_transformer'],
+                   help='a subset of the measurements')
     p.add_argument('--pairs', type=int, default=2, help='baseline/ours process pairs per measurement (default 2)')
     p.add_argument('--out', type=Path, default=ROOT / 'outputs/bench/bench_detector.json', help='JSON written here')
     p.add_argument('--worker', choices=['train', 'infer', 'block'], help=argparse.SUPPRESS)
@@ -159,20 +183,23 @@ def main(argv=None):
     p.add_argument('--seconds', type=int, default=60, help=argparse.SUPPRESS)
     p.add_argument('--repeats', type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument('--threads', type=int, default=2, help=argparse.SUPPRESS)
+    p.add_argument('--model', default='v3', choices=tuple(PARAMS), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        print(json.dumps(worker(a.worker, a.scan, a.seconds, a.repeats, a.threads)))
+        print(json.dumps(worker(a.worker, a.scan, a.seconds, a.repeats, a.threads, a.model)))
         return 0
-    jobs = a.only or ['train', 'infer', 'block', 'length']
+    jobs = a.only or ['train', 'infer', 'block', 'length', 'seizure_transformer']
     results = {}
     for job in jobs:
         print(f'measuring {job} ...', file=sys.stderr, flush=True)
         if job == 'train': results[job] = paired('train', a.pairs, repeats=1)
         elif job == 'infer': results[job] = paired('infer', a.pairs, repeats=3)
         elif job == 'block': results[job] = run_worker('block', repeats=3, threads=1)
+        elif job == 'seizure_transformer': results[job] = beside_baseline(a.pairs, repeats=3)
         else: results[job] = memory_against_length()
     import torch
-    results['machine'] = dict(cpus=os.cpu_count(), torch=torch.__version__, params=str(PARAMS.relative_to(ROOT)))
+    params = {k: str(v.relative_to(ROOT)) for k, v in PARAMS.items()}
+    results['machine'] = dict(cpus=os.cpu_count(), torch=torch.__version__, params=params)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=1))
     print(report(results))

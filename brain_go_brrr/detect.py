@@ -16,10 +16,13 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 from . import scoring
 from .checkpoints import CheckpointError, load_checkpoint
-from .model import Detector
+from .model import build_detector
 from .normalization import NormStats
 from .params import TrainParams
 from .post import POST_DEFAULTS, file_events, probs_to_events, write_csv_bi
+from .seizure_transformer import (RELEASED_POST, RELEASED_PROFILE, PreprocessingProfile,
+                                               load_seizure_transformer, read_released_state_dict, released_config,
+                                               released_probabilities)
 from .signal import EegReader, PreprocessedEeg
 from .tusz import RECORDING_SUFFIXES, mask_events
 
@@ -27,11 +30,11 @@ log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
 __all__ = ['log', 'STEP', 'EVAL_METRICS', 'DETECTOR_KEYS', 'TSV_COLUMNS', 'MNE_SUFFIXES', 'PRECISIONS', 'resolve_device',
-           'window_of', 'window_starts_covering', 'predict_recording', 'predict_cache', 'reference_events',
-           'sens_at_fa', 'evaluate_dev', 'LoadedDetector', 'load_detector', 'post_at', 'operating_point',
-           'write_szcore_tsv', 'Detection', 'recording_start', 'detect_recording', 'plot_overview', 'plot_page',
-           'review_pages', 'write_figures', 'recordings_under', 'autocast_for', 'format_summary', 'detect_files',
-           'detect_cli']
+           'clipping', 'window_of', 'window_starts_covering', 'predict_recording', 'predict_cache', 'reference_events',
+           'sens_at_fa', 'dev_metrics', 'LoadedDetector', 'load_detector', 'load_released_detector',
+           'load_trained_detector', 'post_at', 'default_post', 'operating_point', 'write_szcore_tsv', 'Detection',
+           'recording_start', 'detect_recording', 'profile_probabilities', 'plot_overview', 'plot_page', 'review_pages',
+           'write_figures', 'recordings_under', 'autocast_for', 'format_summary', 'detect_files', 'detect_cli']
 
 # %% ../nbs/09a_detect.ipynb #08c1defa
 STEP = 16
@@ -41,6 +44,11 @@ def resolve_device(name: str) -> torch.device:
     if name != 'auto': return torch.device(name)
     if torch.cuda.is_available(): return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     return torch.device('cpu')
+
+def clipping(transform, sigma: float | None):
+    "`transform` (numpy windows) followed by the clip at plus or minus `sigma` that training applies (None: none)."
+    if sigma is None: return transform
+    return lambda x: np.clip(transform(x), -sigma, sigma)
 
 def window_of(signal, start: int, window: int, transform) -> np.ndarray:
     "`window` normalised samples from `start`; a recording shorter than a window is padded with zeros (the mean)."
@@ -72,10 +80,11 @@ def predict_recording(model, signal, window: int, transform, device, batch_size:
     return probs
 
 # %% ../nbs/09a_detect.ipynb #b763979e
-def predict_cache(model, cache, window: int, transform, device, batch_size: int = 8, autocast=nullcontext) -> dict:
-    "Probability every `STEP` samples of every recording in a cache, by token."
+def predict_cache(model, cache, window: int, transform, device, batch_size: int = 8, autocast=nullcontext,
+                  recordings=None) -> dict:
+    "Probability every `STEP` samples of every recording in a cache (or of `recordings`), by token."
     return {r.token: predict_recording(model, cache.signal(r), window, transform, device, batch_size, autocast)
-            for r in cache.recordings}
+            for r in (cache.recordings if recordings is None else recordings)}
 
 def reference_events(cache) -> tuple[dict, dict]:
     "Seizure events and durations (s) of every recording in a cache, by token, as scoring takes them."
@@ -91,37 +100,57 @@ def sens_at_fa(cache, probs: dict) -> tuple[dict, dict]:
 
 EVAL_METRICS = ('dev_auroc', 'dev_sens_at_fa', 'dev_operating_points')
 
-def evaluate_dev(model, cache, window: int, transform, device, batch_size: int = 8, autocast=nullcontext) -> tuple[dict, dict]:
-    "Metrics named in `EVAL_METRICS` and the probabilities per dev recording."
-    model.eval()
-    probs = predict_cache(model, cache, window, transform, device, batch_size, autocast)
+def dev_metrics(cache, probs: dict) -> dict:
+    "The metrics named in `EVAL_METRICS` of the probabilities of every recording in `cache`."
     y = np.concatenate([np.asarray(cache.labels(r))[::STEP] for r in cache.recordings])
     p = np.concatenate([probs[r.token] for r in cache.recordings])
     sens, points = sens_at_fa(cache, probs)
     metrics = dict(dev_auroc=float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float('nan'),
                    dev_sens_at_fa=sens, dev_operating_points=points)
     assert tuple(metrics) == EVAL_METRICS
-    model.train()
-    return metrics, probs
+    return metrics
 
 # %% ../nbs/09a_detect.ipynb #2ec38427
 DETECTOR_KEYS = ('model', 'params', 'norm_stats')
 
 class LoadedDetector(NamedTuple):
     model: torch.nn.Module
-    stats: NormStats
+    stats: NormStats | None  # None for released weights: their profile scales each recording
     params: TrainParams
     operating_points: dict | None  # `dev_operating_points` of the checkpoint's last dev evaluation
     path: Path
+    profile: PreprocessingProfile | None = None  # released weights: the preprocessing they were trained with
+
+    @property
+    def transform(self):
+        "Normalisation and the input clip, as training applied them."
+        if self.stats is None:
+            raise ValueError(f'{self.path}: released weights take the recording through their preprocessing profile, '
+                             'not per-window statistics: use profile_probabilities (detect and evaluate do)')
+        return clipping(self.stats.apply, self.params.input_clip_sigma)
 
 def load_detector(path, device='cpu') -> LoadedDetector:
-    "The model of a checkpoint in eval mode, its statistics, parameters and dev operating points."
+    "The model of a training checkpoint, or of released SeizureTransformer weights, in eval mode, with how to feed it."
     ck = load_checkpoint(path)
-    if not isinstance(ck, dict) or not all(k in ck for k in DETECTOR_KEYS):
-        raise CheckpointError(f'{path}: not a detector checkpoint (it lacks {", ".join(DETECTOR_KEYS)}); '
-                              f'use best.pt or last.pt of a training run')
-    p = TrainParams(**ck['params'])
-    model = Detector(p.model.model_copy(update=dict(edge_clamp=p.edge_clamp)))
+    if isinstance(ck, dict) and all(k in ck for k in DETECTOR_KEYS): return load_trained_detector(ck, path, device)
+    return load_released_detector(path, device)
+
+def load_released_detector(path, device='cpu') -> LoadedDetector:
+    "SeizureTransformer weights in the released layout, of the size their shapes give, with the released profile."
+    try: model = load_seizure_transformer(path, released_config(read_released_state_dict(path)))
+    except (KeyError, IndexError, ValueError) as e:  # a key or shape the layout lacks, or the layout's own refusal
+        raise CheckpointError(f'{path}: not a detector checkpoint (it lacks {", ".join(DETECTOR_KEYS)}) nor '
+                              f'SeizureTransformer weights in the released layout ({str(e).splitlines()[0][:200]}); '
+                              "use best.pt or last.pt of a training run, or the authors' model.pth") from None
+    p = RELEASED_PROFILE
+    params = TrainParams(run_name=Path(path).stem, sfreq=p.sfreq, window_s=p.window / p.sfreq, input_clip_sigma=None,
+                         model=model.cfg)
+    return LoadedDetector(model.to(device).eval(), None, params, None, Path(path), p)
+
+def load_trained_detector(ck: dict, path, device='cpu') -> LoadedDetector:
+    "The detector of a training checkpoint `ck`, its statistics, parameters and dev operating points."
+    p = TrainParams(**{'input_clip_sigma': None, **ck['params']})  # saved before the clip existed: trained without
+    model = build_detector(p.model, p.edge_clamp)
     model.load_state_dict(ck['model'])
     d = ck['norm_stats']
     stats = NormStats(d['mean'], d['std'], d['unit'], d['channels'], d['n_samples'], d['provenance'],
@@ -136,11 +165,19 @@ def post_at(threshold: float, post: dict = POST_DEFAULTS) -> dict:
     gap = post['threshold_on'] - post['threshold_off']
     return {**post, 'threshold_on': threshold, 'threshold_off': max(threshold - gap, 0.0)}
 
+def default_post(det: LoadedDetector) -> dict:
+    "The post-processing a detector's events are made with: the authors' for released weights, else `POST_DEFAULTS`."
+    return POST_DEFAULTS if det.profile is None else RELEASED_POST
+
 def operating_point(det: LoadedDetector, fa_per_24h: float = 10, threshold: float | None = None,
                     scorer: str = 'ovlp') -> dict:
     "The threshold and post-processing to detect with: the one chosen on dev for `fa_per_24h`, or `threshold`."
+    post = default_post(det)
     if threshold is not None:
-        return dict(source='threshold given by hand', threshold=threshold, post=post_at(threshold))
+        return dict(source='threshold given by hand', threshold=threshold, post=post_at(threshold, post))
+    if det.profile is not None:
+        return dict(source="the authors' threshold and post-processing (released weights)",
+                    threshold=post['threshold_on'], post=post)
     key, points = f'{fa_per_24h:g}', det.operating_points
     if not points:
         raise CheckpointError(f'{det.path}: no dev operating point is stored with it (no dev evaluation before it '
@@ -189,16 +226,24 @@ def recording_start(reader: EegReader) -> datetime | None:
 
 def detect_recording(det: LoadedDetector, path, point: dict, device='cpu', batch_size: int = 8,
                      autocast=nullcontext, unit: str | None = None) -> tuple[Detection, PreprocessedEeg]:
-    "Read, preprocess and predict one recording a block at a time; events at `point`'s post-processing."
+    "Read, preprocess and predict one recording a block at a time (released weights: whole); events at `point`."
     p = det.params
     reader = EegReader(path, p.montage, unit)
-    signal = PreprocessedEeg(reader, p.sfreq)  # the filters the training caches were built with
-    probs = predict_recording(det.model, signal, round(p.window_s * p.sfreq), det.stats.apply, device, batch_size,
-                              autocast)
+    signal = PreprocessedEeg(reader, p.sfreq)  # the filters the training caches were built with; the figures show it
+    if det.profile is None:
+        probs = predict_recording(det.model, signal, round(p.window_s * p.sfreq), det.transform, device, batch_size,
+                                  autocast)
+    else: probs = profile_probabilities(det, reader, batch_size)
     reader.check_not_flat()  # only known once every sample was read
     duration, rate = reader.n_samples / reader.sfreq, p.sfreq / STEP
     events = file_events(probs_to_events(probs, rate, **point['post']), duration)
     return Detection(Path(path), events, probs, rate, duration, recording_start(reader)), signal
+
+# %% ../nbs/09a_detect.ipynb #d1e2f3a4
+def profile_probabilities(det: LoadedDetector, reader: EegReader, batch_size: int = 8) -> np.ndarray:
+    "Probability every `STEP` samples of a whole recording through released weights' own preprocessing profile."
+    return released_probabilities(det.model, reader.read(), reader.sfreq, reader.channels, det.profile,
+                                  batch_size)[::STEP]
 
 # %% ../nbs/09a_detect.ipynb #8eb0bebc
 def plot_overview(d: Detection, threshold: float, ax=None):
@@ -333,7 +378,8 @@ def detect_cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog='python -m brain_go_brrr detect',
                                  description='Seizure events in EEG recordings, with a trained detector.')
     ap.add_argument('paths', nargs='+', metavar='PATH', help='recordings, or folders searched recursively')
-    ap.add_argument('--checkpoint', required=True, help='best.pt (or last.pt) of a training run')
+    ap.add_argument('--checkpoint', required=True, help='best.pt (or last.pt) of a training run, or SeizureTransformer '
+                    "weights in the authors' released layout (their model.pth: the authors' preprocessing and 0.8)")
     ap.add_argument('--out', required=True, help='folder for the outputs (created)')
     ap.add_argument('--operating-point', type=positive_float, default=10,
                     help='false alarms per 24 h the threshold was chosen for on dev (10, 5 or 1; default 10)')

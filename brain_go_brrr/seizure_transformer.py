@@ -20,10 +20,11 @@ from .signal import canonical_channel
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
-__all__ = ['log', 'SIZES', 'TEMPLATE_PREFIX', 'RELEASED_CHANNELS', 'RELEASED_PROFILE', 'SeizureTransformerConfig', 'same_padding',
-           'Encoder', 'ResCNNBlock', 'ResCNNStack', 'PositionalEncoding', 'Decoder', 'SeizureTransformer',
-           'released_layout', 'read_released_state_dict', 'implied_config', 'load_seizure_transformer',
-           'save_released_layout', 'PreprocessingProfile', 'released_probabilities']
+__all__ = ['log', 'SIZES', 'TEMPLATE_PREFIX', 'RELEASED_CHANNELS', 'RELEASED_PROFILE', 'RELEASED_POST',
+           'SeizureTransformerConfig', 'same_padding', 'Encoder', 'ResCNNBlock', 'ResCNNStack', 'PositionalEncoding',
+           'Decoder', 'SeizureTransformer', 'released_layout', 'read_released_state_dict', 'released_config',
+           'implied_config', 'load_seizure_transformer', 'save_released_layout', 'PreprocessingProfile',
+           'released_probabilities']
 
 # %% ../nbs/07d_seizure_transformer.ipynb #ed920131
 class SeizureTransformerConfig(BaseModel):
@@ -212,19 +213,24 @@ def read_released_state_dict(path) -> dict[str, torch.Tensor]:
     if all(k.startswith('module.') for k in sd): sd = {k[len('module.'):]: v for k, v in sd.items()}
     return sd
 
+def released_config(sd: dict[str, torch.Tensor]) -> SeizureTransformerConfig:
+    "The configuration whose released layout `sd` is: every size is in the shapes but the head count (the published 4)."
+    levels = len({k for k in sd if k.startswith('encoder.convs.')}) // 2
+    convs = [sd[f'encoder.convs.{i}.weight'].shape for i in range(levels)]
+    blocks = sorted({int(k.split('.')[2]) for k in sd if k.startswith('res_cnn_stack.members.')})
+    return SeizureTransformerConfig(
+        n_channels=convs[0][1], filters=[s[0] for s in convs], encoder_kernels=[s[2] for s in convs],
+        decoder_kernels=[sd[f'decoder_d.convs.{i}.weight'].shape[2] for i in range(levels)],
+        res_kernels=[sd[f'res_cnn_stack.members.{b}.conv1.weight'].shape[2] for b in blocks],
+        n_layers=len({k.split('.')[2] for k in sd if k.startswith('transformer_encoder.layers.')}),
+        dim_feedforward=sd['transformer_encoder.layers.0.linear1.weight'].shape[0],
+        head_kernel=sd['conv_d.weight'].shape[2], pe_max_len=sd['position_encoding.pe'].shape[0])
+
 def implied_config(sd: dict[str, torch.Tensor]) -> str:
     "The sizes a released-layout state dict implies, for error messages (the head count is not in the shapes)."
-    try:
-        levels = len({k for k in sd if k.startswith('encoder.convs.')}) // 2
-        convs = [sd[f'encoder.convs.{i}.weight'].shape for i in range(levels)]
-        blocks = sorted({int(k.split('.')[2]) for k in sd if k.startswith('res_cnn_stack.members.')})
-        layers = {k.split('.')[2] for k in sd if k.startswith('transformer_encoder.layers.')}
-        return (f'n_channels={convs[0][1]}, filters={[s[0] for s in convs]}, encoder_kernels={[s[2] for s in convs]}, '
-                f'res_kernels={[sd[f"res_cnn_stack.members.{b}.conv1.weight"].shape[2] for b in blocks]}, '
-                f'n_layers={len(layers)}, '
-                f'dim_feedforward={sd["transformer_encoder.layers.0.linear1.weight"].shape[0]}, '
-                f'pe_max_len={sd["position_encoding.pe"].shape[0]}')
+    try: cfg = released_config(sd)
     except (KeyError, IndexError, ValueError): return 'its tensors do not describe a SeizureTransformer'
+    return ', '.join(f'{k}={v}' for k, v in cfg.model_dump(exclude={'name', 'n_heads', 'dropout'}).items())
 
 def load_seizure_transformer(path, cfg: SeizureTransformerConfig | None = None) -> SeizureTransformer:
     "A SeizureTransformer of `cfg` (default: the published one) with a released-layout file's weights, in eval mode."
@@ -304,6 +310,9 @@ class PreprocessingProfile:
         return self.filter(padded.reshape(C, k, self.window).transpose(1, 0, 2))
 
 RELEASED_PROFILE = PreprocessingProfile()
+# the authors' post-processing in `post.probs_to_events` terms: > 0.8, no smoothing or hysteresis, events of 2 s
+# or more; their 5-sample opening and closing at 256 Hz are shorter than one probability step (16 samples)
+RELEASED_POST = dict(smooth_s=0.0, threshold_on=0.8, threshold_off=0.8, min_duration_s=2.0, merge_gap_s=5 / 256)
 
 @torch.no_grad()
 def released_probabilities(model: SeizureTransformer, data: np.ndarray, sfreq: float, channels,
