@@ -2,6 +2,7 @@
 
     python bench/bench_detect.py                 # a 1-h recording; both sizes; writes outputs/bench/bench_detect.json
     python bench/bench_detect.py --hours 0.25 --only cpu_smoke
+    python bench/bench_detect.py --device cuda --batch-size 64   # on a GPU
 
 Each run is `python -m brain_go_brrr detect` on one generated 19-channel EDF at 256 Hz (no figures, a fixed threshold),
 with the detector's weights random: speed does not depend on them. Wall time counts the whole command (imports,
@@ -11,7 +12,7 @@ import argparse, json, subprocess, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 from brain_go_brrr.checkpoints import save_checkpoint
-from brain_go_brrr.model import Detector
+from brain_go_brrr.model import build_detector
 from brain_go_brrr.normalization import NormStats
 from brain_go_brrr.params import load_params
 from brain_go_brrr.signal import CHANNELS
@@ -25,7 +26,7 @@ CHILD = ("import resource, sys, time\nfrom brain_go_brrr.cli import main\nt = ti
 def random_detector_checkpoint(params_file: str, path: Path) -> Path:
     "A detector checkpoint with the parameters of `params_file` and random weights."
     p = load_params(params_file)
-    model = Detector(p.model.model_copy(update=dict(edge_clamp=p.edge_clamp)))
+    model = build_detector(p.model, p.edge_clamp)
     stats = NormStats(np.zeros(19), np.full(19, 20.0), 'uV', list(CHANNELS), 1, {'source': 'bench'})
     save_checkpoint(path, dict(model=model.state_dict(), params=p.model_dump(mode='json'), norm_stats=stats.to_dict()))
     return path
@@ -35,6 +36,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--hours', type=float, default=1.0, help='length of the generated recording (default 1)')
     ap.add_argument('--only', choices=tuple(SIZES), help='one size only')
+    ap.add_argument('--device', default='cpu', help='cpu (default) or cuda')
+    ap.add_argument('--batch-size', type=int, default=8, help='windows per forward pass (default 8)')
     ap.add_argument('--out', default='outputs/bench/bench_detect.json')
     a = ap.parse_args(argv)
     results = {}
@@ -47,11 +50,13 @@ def main(argv=None) -> int:
             if a.only and name != a.only: continue
             ck = random_detector_checkpoint(params_file, d / f'{name}.pt')
             r = subprocess.run([sys.executable, '-c', CHILD, 'detect', '--checkpoint', str(ck), str(edf), '--out',
-                                str(d / name), '--threshold', '0.5', '--no-figures', '--device', 'cpu'],
+                                str(d / name), '--threshold', '0.5', '--no-figures', '--device', a.device,
+                                '--batch-size', str(a.batch_size)],
                                capture_output=True, text=True)
             if r.returncode: sys.exit(f'{name}: detect failed:\n{r.stderr[-2000:]}')
             seconds, kb = map(float, r.stdout.split('BENCH')[1].split())
-            results[name] = dict(params=params_file, hours_of_eeg=a.hours, wall_s=round(seconds, 1),
+            results[name] = dict(params=params_file, device=a.device, batch_size=a.batch_size, hours_of_eeg=a.hours,
+                                 wall_s=round(seconds, 1),
                                  hours_of_eeg_per_minute=round(a.hours / (seconds / 60), 3),
                                  peak_rss_mib=round(kb / 1024))
             print(f'{name}: {a.hours:g} h of EEG in {seconds:.0f} s: {results[name]["hours_of_eeg_per_minute"]:.2f} h '

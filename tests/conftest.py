@@ -62,3 +62,8 @@ def tiny(corpus, out, **kw):
     return load_params(None, **{**corpus, 'output_dir': str(out), 'window_s': 8, 'stride_s': 8, 'epochs': 2,
                                 'epoch_size': 16, 'batch_size': 4, 'warmup_steps': 2, 'cache_workers': 1,
                                 'audit_windows': 8, 'model': TINY_MODEL, **kw})
+
+
+def building(cls):
+    "A stand-in for `train.build_detector` that builds `cls`, a `Detector` subclass with a fault planted."
+    return lambda cfg, edge_clamp=True: cls(cfg.model_copy(update=dict(edge_clamp=edge_clamp)))

@@ -12,7 +12,7 @@ from brain_go_brrr.detect import EVAL_METRICS, load_detector
 from brain_go_brrr.model import Detector
 from brain_go_brrr.normalization import NormalizationMismatch
 from brain_go_brrr.params import load_params
-from conftest import TINY_MODEL, tiny
+from conftest import TINY_MODEL, building, tiny
 from brain_go_brrr.synth import synth_tusz
 
 def test_a_tiny_run_writes_its_outputs(corpus, tmp_path):
@@ -101,7 +101,7 @@ class FaultyDetector(Detector):
 
 
 def test_guards_survive_a_nan_loss_and_a_nan_gradient(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(T, 'Detector', FaultyDetector)
+    monkeypatch.setattr(T, 'build_detector', building(FaultyDetector))
     p = tiny(corpus, tmp_path, epochs=1, epoch_size=24, sanitize_grads=True, nan_debug=True)
     m = T.train(p)
     assert m['nonfinite_steps'] == 1 and m['sanitized_grad_entries'] == 1 and m['steps'] == 6
@@ -123,7 +123,7 @@ def test_guards_survive_a_nan_loss_and_a_nan_gradient(corpus, tmp_path, monkeypa
 def test_too_many_nonfinite_steps_in_a_row_stop_with_a_diagnosis(corpus, tmp_path, monkeypatch):
     class AlwaysNaN(Detector):
         def forward(self, x): return super().forward(x) * float('nan')
-    monkeypatch.setattr(T, 'Detector', AlwaysNaN)
+    monkeypatch.setattr(T, 'build_detector', building(AlwaysNaN))
     with pytest.raises(T.TrainingDiverged, match='3 steps in a row.*first non-finite output came from'):
         T.train(tiny(corpus, tmp_path, max_nonfinite_in_row=3, nan_debug=True))
 
@@ -179,7 +179,7 @@ def test_a_non_finite_input_reaching_the_eigendecomposition_is_a_skipped_step(co
         def forward(self, x):
             NaNInput.calls += 1
             return super().forward(x * float('nan') if NaNInput.calls == 2 else x)
-    monkeypatch.setattr(T, 'Detector', NaNInput)
+    monkeypatch.setattr(T, 'build_detector', building(NaNInput))
     m = T.train(tiny(corpus, tmp_path, epochs=1, epoch_size=16))
     assert m['nonfinite_steps'] == 1 and m['steps'] == 4
 

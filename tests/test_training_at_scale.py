@@ -1,13 +1,15 @@
 """Training at real scale: the schedule under fp16 skips, class-imbalance losses, TensorBoard and the input clip,
 mid-epoch resume, the DDP timeout."""
-import json
-import pytest
+import json, os, signal, socket, subprocess, sys, time
+from contextlib import nullcontext
+import numpy as np
 import torch
 
 import brain_go_brrr.train as T
-from brain_go_brrr.model import Detector
+from brain_go_brrr.model import Detector, DetectorConfig
+from brain_go_brrr.checkpoints import CheckpointError
 from brain_go_brrr.params import load_params
-from conftest import tiny
+from conftest import building, tiny
 
 
 class Overflowing(Detector):
@@ -26,7 +28,7 @@ def test_the_schedule_advances_with_real_updates_only(corpus, tmp_path, monkeypa
     "The fp16 loss scaler skips an overflowing step: the learning rate of each real update stays what it was."
     kw = dict(epochs=1, epoch_size=32, mixed_precision=True, precision_dtype='float16', warmup_steps=4)
     clean = T.train(tiny(corpus, tmp_path / 'clean', **kw))
-    monkeypatch.setattr(T, 'Detector', Overflowing)
+    monkeypatch.setattr(T, 'build_detector', building(Overflowing))
     faulty = T.train(tiny(corpus, tmp_path / 'faulty', **kw))
     assert faulty['scaler_skipped_steps'] == clean['scaler_skipped_steps'] + 2 and faulty['nonfinite_steps'] == 0
     lr_per_update = lambda m: [h['lr'] for h in m['history'] if h.get('updated')]
@@ -63,27 +65,71 @@ def test_a_run_logs_to_tensorboard_and_counts_clipped_inputs(corpus, tmp_path):
     assert not T.tensorboard_writer(tiny(corpus, tmp_path, tensorboard=False))
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(corpus, tmp_path, monkeypatch):
-    "Checkpoints inside the epoch: sampler position, random states (dropout), optimiser and schedule resume there."
-    kw = dict(epochs=2, epoch_size=16, checkpoint_every_minutes=1e-9)  # last.pt after every step
+TRAIN = ("import json, sys, torch\ntorch.set_num_threads(1)\nfrom brain_go_brrr.params import load_params\n"
+         "from brain_go_brrr.train import train\ntrain(load_params(None, **json.loads(sys.argv[1])))")
+
+
+def checkpoint_position(path) -> tuple[int, int] | None:
+    "(epoch, batch) of a checkpoint being rewritten by another process; None until one is whole."
+    try: state = T.load_checkpoint(path)['state']
+    except (OSError, CheckpointError): return None
+    return state['epoch'], state['batch']
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(corpus, tmp_path):
+    "kill -9 inside the second epoch; the resumed run reaches the weights and schedule of a run never stopped."
+    kw = dict(epochs=2, epoch_size=64, checkpoint_every_minutes=1e-9)  # last.pt after every step
     T.train(tiny(corpus, tmp_path / 'a', **kw))
     straight = T.load_checkpoint(tmp_path / 'a' / 'train' / 'last.pt')
 
-    real_save = T.save_checkpoint
-    def killed_in_the_second_epoch(path, state):
-        real_save(path, state)
-        if (state['state']['epoch'], state['state']['batch']) == (1, 2): raise KeyboardInterrupt('killed mid-epoch')
-    monkeypatch.setattr(T, 'save_checkpoint', killed_in_the_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        T.train(tiny(corpus, tmp_path / 'b', **kw))
-    monkeypatch.setattr(T, 'save_checkpoint', real_save)
+    killed = tiny(corpus, tmp_path / 'b', **kw)
+    proc = subprocess.Popen([sys.executable, '-c', TRAIN, killed.model_dump_json()], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while (pos := checkpoint_position(killed.run_dir / 'last.pt')) is None or pos < (1, 3):
+        assert proc.poll() is None and time.time() < deadline, f'the run ended before it was killed (at {pos})'
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
     T.train(tiny(corpus, tmp_path / 'b', resume=True, **kw))
     resumed = T.load_checkpoint(tmp_path / 'b' / 'train' / 'last.pt')
-    assert resumed['state']['resumes'][0]['step'] == 4 + 2 and resumed['state']['step'] == straight['state']['step']
+    assert resumed['state']['resumes'][0]['epoch'] == 1 and 16 < resumed['state']['resumes'][0]['step'] < 32
+    assert resumed['state']['step'] == straight['state']['step']
     for k, v in straight['model'].items():
         assert torch.equal(v, resumed['model'][k]), k
     lrs = lambda ck: [h['lr'] for h in ck['state']['history'] if 'lr' in h]
     assert lrs(resumed) == lrs(straight)
+
+
+DEV = ("import json, os, sys, torch\nimport numpy as np\nimport torch.distributed as dist\n"
+       "from contextlib import nullcontext\nfrom brain_go_brrr.cache import open_cache\n"
+       "from brain_go_brrr.model import Detector, DetectorConfig\nimport brain_go_brrr.train as T\n"
+       "torch.set_num_threads(1)\ndist.init_process_group('gloo')\nrank = dist.get_rank()\ntorch.manual_seed(0)\n"
+       "model = Detector(DetectorConfig(**json.loads(sys.argv[1])))\ncache = open_cache(sys.argv[2])\n"
+       "probs = T.dev_probabilities(model, cache, 1024, lambda x: x / 20, 'cpu', 4, nullcontext, rank, 2)\n"
+       "if rank == 0: np.savez(sys.argv[3], **probs)\ndist.destroy_process_group()")
+
+
+def test_the_dev_evaluation_split_across_two_processes_equals_one_process(corpus, tmp_path):
+    from brain_go_brrr.cache import build_cache, open_cache
+    from conftest import TINY_MODEL
+    build_cache(corpus['data_dir'], tmp_path / 'dev', 'train', progress=False)  # dev holds one recording here
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = lambda rank: {**os.environ, 'RANK': str(rank), 'WORLD_SIZE': '2', 'MASTER_ADDR': '127.0.0.1',
+                        'MASTER_PORT': str(port)}
+    args = [sys.executable, '-c', DEV, json.dumps(TINY_MODEL), str(tmp_path / 'dev'), str(tmp_path / 'probs.npz')]
+    procs = [subprocess.Popen(args, env=env(rank)) for rank in (0, 1)]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    gathered = dict(np.load(tmp_path / 'probs.npz'))
+    torch.manual_seed(0)
+    cache = open_cache(tmp_path / 'dev')
+    single = T.dev_probabilities(Detector(DetectorConfig(**TINY_MODEL)), cache, 1024, lambda x: x / 20, 'cpu', 4,
+                                 nullcontext)
+    assert set(gathered) == set(single) == {r.token for r in cache.recordings} and len(single) > 1
+    for token, probs in single.items():
+        assert np.array_equal(gathered[token], probs), token
+    assert T.dev_metrics(cache, gathered) == T.dev_metrics(cache, single)
 
 
 def test_the_process_group_waits_ddp_timeout_minutes(monkeypatch):
