@@ -4,11 +4,11 @@
 
 # %% ../nbs/04_cache.ipynb #b148134b
 from __future__ import annotations
-import argparse, fcntl, hashlib, json, os, shutil, signal, sys, threading, time
+import argparse, fcntl, hashlib, json, os, signal, sys, threading, time
 from collections import defaultdict
 from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
@@ -159,7 +159,7 @@ class Cache:
         c = self.config
         build = (f'python -m brain_go_brrr build-cache --data-dir {c.get("data_dir")} --cache-dir {self.root} '
                  f'--split {c.get("split")} --montage {c.get("montage")} --verify' if c.get('corpus') == 'tusz'
-                 else f'its build with verify=True (cache_files)')
+                 else 'its build with verify=True (cache_files)')
         return f'Redo the damaged recordings with `{build}`, or remove the cache with clean-cache and build it again.'
 
     @property

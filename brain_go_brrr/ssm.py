@@ -7,12 +7,13 @@ __all__ = ['uses_cuda_kernels', 'selective_scan_reference', 'ChunkedScan', 'wide
            'selective_scan', 'causal_conv_silu', 'Mamba', 'BiMambaLayer', 'BiMamba']
 
 # %% ../nbs/07a_ssm.ipynb #f50ed149
-import functools, math, os
+import functools, math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from .cpu_kernels import CHUNK, KernelConv, KernelScan, cpu_kernels
+from .switches import switch
 
 # %% ../nbs/07a_ssm.ipynb #b1951d88
 try:  # optional GPU extra: `pip install mamba-ssm` on a CUDA machine
@@ -23,13 +24,14 @@ except (ImportError, OSError, RuntimeError):
 # %% ../nbs/07a_ssm.ipynb #063c02fb
 def uses_cuda_kernels(x: torch.Tensor) -> bool:
     "Whether the selective scan of `x` runs in `mamba-ssm`'s CUDA kernel (else the PyTorch scan)."
-    forced = os.environ.get('SEIZURE_MAMBA_FORCE_FALLBACK', '0') == '1'
+    forced = switch('SEIZURE_MAMBA_FORCE_FALLBACK', False)
     return x.is_cuda and _cuda_selective_scan is not None and not forced
 
 # %% ../nbs/07a_ssm.ipynb #c58e522d
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    "The formula of mamba-ssm's `selective_scan_ref`: one step per time step; `u, delta, z`: (b, d, l), `B, C`: (b, n, l)."
-    dtype_in, dtype = u.dtype, torch.promote_types(u.dtype, torch.float32)  # published: u.float(); float64 kept for tests
+    "The formula of mamba-ssm's `selective_scan_ref`, step by step; `u, delta, z`: (b, d, l), `B, C`: (b, n, l)."
+    # published: u.float(); float64 is kept for the tests
+    dtype_in, dtype = u.dtype, torch.promote_types(u.dtype, torch.float32)
     u, delta, B, C = u.to(dtype), delta.to(dtype), B.to(dtype), C.to(dtype)
     if delta_bias is not None: delta = delta + delta_bias[..., None].to(delta.dtype)
     if delta_softplus: delta = F.softplus(delta)
@@ -50,7 +52,7 @@ def _chunk_terms(delta, u, At, B):
     return (delta[:, :, None, :] * At).exp_(), B[..., None] * (delta * u)[:, :, None, :]
 
 class ChunkedScan(torch.autograd.Function):
-    "`y[t] = C[t] . h[t]`, `h[t] = exp(delta[t] A) h[t-1] + delta[t] u[t] B[t]`, time-first; a state kept every CHUNK steps."
+    "`y[t] = C[t] . h[t]`, `h[t] = exp(delta[t] A) h[t-1] + delta[t] u[t] B[t]`, time-first; a state every CHUNK steps."
     @staticmethod
     def forward(ctx, delta, u, A, B, C):
         L, At = len(delta), A.t().contiguous()
@@ -75,7 +77,8 @@ class ChunkedScan(torch.autograd.Function):
             hs = torch.cat([states[c][None], x])                   # h[t-1] of the first step, then the inputs
             for i in range(len(x)): hs[i + 1].addcmul_(a[i], hs[i])
             lam = C[s, :, :, None] * gy[s, :, None, :]
-            for i in reversed(range(len(x))): carry = lam[i].add_(carry).mul(a[i])  # lambda[t]; exp(delta A) lambda for t-1
+            for i in reversed(range(len(x))):
+                carry = lam[i].add_(carry).mul(a[i])  # lambda[t]; exp(delta A) lambda for t-1
             g_C[s] = (hs[1:] @ gy[s, :, :, None]).squeeze(-1)
             g_B[s] = (lam @ (delta[s] * u[s])[..., None]).squeeze(-1)
             g_du = (B[s, :, None, :] @ lam).squeeze(2)
@@ -120,8 +123,9 @@ def _kernel_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 
 _SCANS = {'cuda-kernel': _cuda_scan, 'cpu-kernel': _kernel_scan, 'pytorch': _pytorch_scan}
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None) -> torch.Tensor:
-    "mamba-ssm's `selective_scan_fn` time-first: `u, delta, z` `(L, batch, d_inner)`, `B, C` `(L, batch, d_state)`, `A` `(d_inner, d_state)`."
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   backend=None) -> torch.Tensor:
+    "mamba-ssm's `selective_scan_fn` time-first: `u, delta, z` `(L, batch, d_inner)`, `B, C` `(L, batch, d_state)`."
     given = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
     dtype = functools.reduce(torch.promote_types, (t.dtype for t in given), torch.float32)
     if u.is_meta: return torch.empty_like(u, dtype=dtype)   # shapes only (model summaries)
@@ -133,7 +137,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return _SCANS[backend](*args, delta_softplus)
 
 # %% ../nbs/07a_ssm.ipynb #d8304784
-def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str | None = None) -> torch.Tensor:
+def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     backend: str | None = None) -> torch.Tensor:
     "SiLU of the causal depthwise convolution of time-first `x` `(L, batch, channels)`; `weight` `(channels, K)`."
     bias = bias if bias is not None else weight.new_zeros(weight.shape[0])
     if (backend or scan_backend(x)) == 'cpu-kernel' and x.device.type == 'cpu':
@@ -147,12 +152,14 @@ def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 class Mamba(nn.Module):
     "Mamba block `(batch, L, d_model) -> (batch, L, d_model)`; state dict interchangeable with `mamba_ssm.Mamba`."
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = 'auto',
-                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False):
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, conv_bias: bool = True,
+                 bias: bool = False):
         super().__init__()
         self.d_model, self.d_state, self.d_inner = d_model, d_state, expand * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == 'auto' else dt_rank
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
+                                bias=conv_bias)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)))
@@ -166,7 +173,8 @@ class Mamba(nn.Module):
         "mamba-ssm's initialisation: softplus(dt bias) log-uniform in [dt_min, dt_max]."
         std = self.dt_rank ** -0.5
         nn.init.uniform_(self.dt_proj.weight, -std, std)
-        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+        log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        dt = torch.exp(log_dt).clamp(min=floor)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,5 +208,6 @@ class BiMamba(nn.Sequential):
 
     def forward(self, x):
         for layer in self:
-            x = checkpoint(layer, x, use_reentrant=False) if self.checkpointing and torch.is_grad_enabled() else layer(x)
+            checkpointed = self.checkpointing and torch.is_grad_enabled()
+            x = checkpoint(layer, x, use_reentrant=False) if checkpointed else layer(x)
         return x

@@ -11,12 +11,13 @@ import edfio
 import numpy as np
 from scipy import fft as sp_fft
 from scipy.special import i0e
+from .signal import TCP_PAIRS
 
 # %% auto #0
-__all__ = ['ELECTRODES', 'HEAD', 'POSITIONS', 'TCP_PAIRS', 'SEIZURE_TYPES', 'STATES', 'AWAKE', 'ASLEEP', 'TUSZ_ORDER',
-           'OPTIONAL_CHANNELS', 'TEN_TEN', 'SYNTH_VERSION', 'SFREQS', 'MONTAGES', 'distances', 'around', 'shaped_noise',
-           'pink', 'band', 'passband', 'spatially_correlated', 'SeizureType', 'Subject', 'random_subject', 'vigilance',
-           'state_gain', 'background', 'events', 'eye_artifacts', 'muscle', 'electrode_pops', 'line_noise', 'Seizure',
+__all__ = ['ELECTRODES', 'HEAD', 'POSITIONS', 'SEIZURE_TYPES', 'STATES', 'AWAKE', 'ASLEEP', 'TUSZ_ORDER', 'OPTIONAL_CHANNELS',
+           'TEN_TEN', 'SYNTH_VERSION', 'SFREQS', 'MONTAGES', 'distances', 'around', 'shaped_noise', 'pink', 'band',
+           'passband', 'spatially_correlated', 'SeizureType', 'Subject', 'random_subject', 'vigilance', 'state_gain',
+           'background', 'events', 'eye_artifacts', 'muscle', 'electrode_pops', 'line_noise', 'Seizure',
            'plan_seizures', 'rhythm', 'seizure', 'postictal', 'ekg', 'photic', 'monitor_trends', 'head_signals',
            'tusz_labels', 'write_edf', 'fill_background', 'annotation_text', 'write_annotations', 'subject_names',
            'split_subjects', 'edf_patient', 'synth_tusz', 'corpus_summary', 'synth_tusz_cli', 'abnormal', 'synth_tuab',
@@ -36,11 +37,6 @@ POSITIONS = {
     'F3': (-0.42, 0.52), 'FZ': (0.0, 0.5), 'F4': (0.42, 0.52), 'C3': (-0.5, 0.0), 'CZ': (0.0, 0.0),
     'C4': (0.5, 0.0), 'P3': (-0.42, -0.52), 'PZ': (0.0, -0.5), 'P4': (0.42, -0.52),
     'A1': (-1.2, -0.15), 'A2': (1.2, -0.15), 'LOC': (-0.6, 1.15), 'ROC': (0.6, 1.15)}
-
-TCP_PAIRS = (('FP1', 'F7'), ('F7', 'T3'), ('T3', 'T5'), ('T5', 'O1'), ('FP2', 'F8'), ('F8', 'T4'),
-             ('T4', 'T6'), ('T6', 'O2'), ('A1', 'T3'), ('T3', 'C3'), ('C3', 'CZ'), ('CZ', 'C4'),
-             ('C4', 'T4'), ('T4', 'A2'), ('FP1', 'F3'), ('F3', 'C3'), ('C3', 'P3'), ('P3', 'O1'),
-             ('FP2', 'F4'), ('F4', 'C4'), ('C4', 'P4'), ('P4', 'O2'))
 
 # %% ../nbs/03_synth.ipynb #b984cd81
 def distances(electrodes, to=None) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .signal import read_eeg, preprocess, window_starts
-from .tusz import subjects_in_several_splits
+from .tusz import recordings_under, subjects_in_several_splits
 from .cache import Cache, cache_files, open_cache, preprocessing_config
 
 # %% auto #0
@@ -53,13 +53,8 @@ def parse_tuab_path(path, root) -> TuabFile:
     return TuabFile(path, parts[0], parts[1], m['subject'], m['session'], m['token'], parts[2] if len(parts) > 3 else '')
 
 def discover_tuab(data_dir, split: str | None = None) -> list[TuabFile]:
-    "Every EDF under `data_dir/edf/` (optionally one split), sorted by path."
-    root = Path(data_dir)
-    if not (root / 'edf').is_dir():
-        raise FileNotFoundError(f"{root}: no 'edf/' folder here. Pass the TUAB root (the folder that contains edf/), "
-                                'e.g. /data/tuab/v3.0.1')
-    if split is not None and split not in TUAB_SPLITS: raise ValueError(f'split must be one of {TUAB_SPLITS}, got {split!r}')
-    return [parse_tuab_path(p, root) for p in sorted((root / 'edf' / (split or '')).rglob('*.edf'))]
+    "Every EDF or BDF (any case) under `data_dir/edf/` (optionally one split), sorted by path."
+    return [parse_tuab_path(p, data_dir) for p in recordings_under(data_dir, split, TUAB_SPLITS, '/data/tuab/v3.0.1')]
 
 def check_tuab_splits(files: list[TuabFile]) -> None:
     "Raise `ValueError` naming every subject found in both train and eval."

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['SPLITS', 'SEIZURE_TYPES', 'LABELS', 'RECORDING_SUFFIXES', 'COLUMNS', 'EdfFile', 'parse_edf_path', 'discover',
-           'subjects_in_several_splits', 'check_splits', 'check_splits_cli', 'AnnotationError', 'Event', 'Annotation',
-           'utf8_text', 'read_annotation', 'check_annotation_matches', 'label_mask', 'mask_events']
+__all__ = ['SPLITS', 'SEIZURE_TYPES', 'LABELS', 'RECORDING_SUFFIXES', 'COLUMNS', 'EdfFile', 'parse_edf_path', 'recordings_under',
+           'discover', 'subjects_in_several_splits', 'check_splits', 'check_splits_cli', 'AnnotationError', 'Event',
+           'Annotation', 'utf8_text', 'read_annotation', 'check_annotation_matches', 'label_mask', 'mask_events']
 
 # %% ../nbs/01_tusz.ipynb #2d560e8f
 SPLITS = ('train', 'dev', 'eval')
@@ -61,18 +61,22 @@ def _one_recording_per_stem(paths: list[Path]) -> None:
         raise ValueError(f'{clash[0].parent}: {" and ".join(p.name for p in clash)} are two recordings with one name '
                          '(one bname, one .csv_bi); keep one of them')
 
-def discover(data_dir, split: str | None = None) -> list[EdfFile]:
-    "Every EDF or BDF (any case) under `data_dir/edf/` (optionally one split), sorted by path."
+def recordings_under(data_dir, split: str | None, splits: tuple[str, ...], example: str) -> list[Path]:
+    "Every EDF or BDF (any case) under `data_dir/edf/` (optionally one of `splits`), sorted; TUSZ's and TUAB's walk."
     root = Path(data_dir)
     if not (root / 'edf').is_dir():
         raise FileNotFoundError(f"{root}: no 'edf/' folder here. Pass the corpus root (the folder that contains edf/), "
-                                "e.g. --data-dir /data/tusz/v2.0.3")
-    if split is not None and split not in SPLITS:
-        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+                                f"e.g. {example}")
+    if split is not None and split not in splits:
+        raise ValueError(f'split must be one of {splits}, got {split!r}')
     base = root / 'edf' / split if split else root / 'edf'
     paths = sorted(p for p in base.rglob('*') if p.suffix.lower() in RECORDING_SUFFIXES and p.is_file())
     _one_recording_per_stem(paths)
-    return [parse_edf_path(p, root) for p in paths]
+    return paths
+
+def discover(data_dir, split: str | None = None) -> list[EdfFile]:
+    "Every TUSZ recording under `data_dir/edf/` (optionally one split), sorted by path."
+    return [parse_edf_path(p, data_dir) for p in recordings_under(data_dir, split, SPLITS, '--data-dir /data/tusz/v2.0.3')]
 
 # %% ../nbs/01_tusz.ipynb #38099c6e
 def subjects_in_several_splits(files: list[EdfFile]) -> dict[str, list[str]]:
