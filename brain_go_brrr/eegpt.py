@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .signal import CHANNELS, canonical_channel
+from .signal import CHANNELS, TUAB23_CHANNELS, canonical_channel
 from .normalization import NormStats, AuditReport, NormalizationMismatch, gate_normalization, PRECISIONS
 
 log = logging.getLogger('brain_go_brrr')
@@ -406,13 +406,12 @@ def auroc(y_true, p) -> float:
 # %% ../nbs/11_eegpt.ipynb #c3d9a5b1
 FINETUNE_CHANNELS = ('FP1', 'FPZ', 'FP2', 'F7', 'F3', 'FZ', 'F4', 'F8', 'T7', 'C3', 'CZ', 'C4', 'T8',
                      'P7', 'P3', 'PZ', 'P4', 'P8', 'O1', 'O2')  # what the channel mix's 20 outputs are embedded as
-# the official script's 23 input channels
-OFFICIAL_TUAB_INPUTS = ('FP1', 'FP2', 'F3', 'F4', 'C3', 'C4', 'P3', 'P4', 'O1', 'O2', 'F7', 'F8',
-                        'T3', 'T4', 'T5', 'T6', 'A1', 'A2', 'FZ', 'CZ', 'PZ', 'T1', 'T2')
+OFFICIAL_TUAB_INPUTS = TUAB23_CHANNELS  # the official script's 23 input channels: read_eeg's 'tuab23' montage
 
 @dataclass(frozen=True)
 class FinetuneRecipe:
     "The official TUAB fine-tune's settings (downstream_tueg/ of the authors' code); the defaults are theirs."
+    montage: str = 'tuab23'         # its 23 input channels, in its order ('referential': the 19 alone)
     sfreq: float = 200.0
     l_freq: float = 0.1
     h_freq: float = 75.0
@@ -434,7 +433,7 @@ class FinetuneRecipe:
     @property
     def preprocessing(self) -> dict:
         "What `build_tuab_cache` takes to preprocess as the recipe does."
-        return dict(sfreq=self.sfreq, l_freq=self.l_freq, h_freq=self.h_freq, notch=self.notch)
+        return dict(montage=self.montage, sfreq=self.sfreq, l_freq=self.l_freq, h_freq=self.h_freq, notch=self.notch)
 
     @property
     def window(self) -> int: return int(round(self.window_s * self.sfreq))

@@ -15,20 +15,21 @@ from scipy import signal as sps
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
-__all__ = ['log', 'CHANNELS', 'ALIASES', 'TCP_PAIRS', 'MONTAGES', 'EDF_MAGIC', 'BDF_MAGIC', 'ANNOTATION_LABELS', 'VOLTS_PER_UNIT',
-           'WINDOW_CLASSES', 'canonical_channel', 'channel_reference', 'channel_names', 'SignalError',
-           'read_edf_header', 'volts_per_unit', 'EegReader', 'read_eeg', 'filter_sections', 'preprocess',
-           'PreprocessedEeg', 'window_starts', 'window_classes']
+__all__ = ['log', 'CHANNELS', 'ALIASES', 'TUAB23_CHANNELS', 'TCP_PAIRS', 'MONTAGES', 'EDF_MAGIC', 'BDF_MAGIC',
+           'ANNOTATION_LABELS', 'VOLTS_PER_UNIT', 'WINDOW_CLASSES', 'canonical_channel', 'channel_reference',
+           'channel_names', 'SignalError', 'read_edf_header', 'volts_per_unit', 'EegReader', 'read_eeg',
+           'filter_sections', 'preprocess', 'PreprocessedEeg', 'window_starts', 'window_classes']
 
 # %% ../nbs/02_signal.ipynb #87cb717a
 CHANNELS = ('FP1', 'FP2', 'F3', 'F4', 'C3', 'C4', 'P3', 'P4', 'O1', 'O2',
             'F7', 'F8', 'T3', 'T4', 'T5', 'T6', 'FZ', 'CZ', 'PZ')
 ALIASES = {'T7': 'T3', 'T8': 'T4', 'P7': 'T5', 'P8': 'T6'}
+TUAB23_CHANNELS = (*CHANNELS[:16], 'A1', 'A2', *CHANNELS[16:], 'T1', 'T2')  # the official EEGPT TUAB inputs
 TCP_PAIRS = (('FP1', 'F7'), ('F7', 'T3'), ('T3', 'T5'), ('T5', 'O1'), ('FP2', 'F8'), ('F8', 'T4'),
              ('T4', 'T6'), ('T6', 'O2'), ('A1', 'T3'), ('T3', 'C3'), ('C3', 'CZ'), ('CZ', 'C4'),
              ('C4', 'T4'), ('T4', 'A2'), ('FP1', 'F3'), ('F3', 'C3'), ('C3', 'P3'), ('P3', 'O1'),
              ('FP2', 'F4'), ('F4', 'C4'), ('C4', 'P4'), ('P4', 'O2'))
-MONTAGES = ('referential', 'tcp')
+MONTAGES = ('referential', 'tcp', 'tuab23')
 
 # %% ../nbs/02_signal.ipynb #cd48ccba
 _REFERENCE = re.compile(r'-(REF|LE|AR|AVG|A1|A2|M1|M2)$', re.I)
@@ -46,7 +47,8 @@ def channel_reference(label: str) -> str:
 def channel_names(montage: str = 'referential') -> list[str]:
     "Output channel names of a montage, in order."
     if montage not in MONTAGES: raise ValueError(f'montage must be one of {MONTAGES}, got {montage!r}')
-    return list(CHANNELS) if montage == 'referential' else [f'{a}-{b}' for a, b in TCP_PAIRS]
+    if montage == 'tcp': return [f'{a}-{b}' for a, b in TCP_PAIRS]
+    return list(TUAB23_CHANNELS if montage == 'tuab23' else CHANNELS)
 
 # %% ../nbs/02_signal.ipynb #0131b843
 class SignalError(ValueError):
@@ -88,7 +90,10 @@ def volts_per_unit(unit: str) -> float | None:
     return VOLTS_PER_UNIT.get(key.lower())
 
 # %% ../nbs/02_signal.ipynb #4f88bbbf
-def _pick_canonical(raw_names: list[str], wanted: list[str], path) -> list[str]:
+_NEEDS = {'tuab23': " (the official EEGPT TUAB inputs: the 10-20 system's 19, A1, A2, T1, T2); "
+                     "without these, montage='referential' reads the 19 alone"}
+
+def _pick_canonical(raw_names: list[str], wanted: list[str], path, montage: str = 'referential') -> list[str]:
     "Raw channel names for each wanted canonical name; of several, the one referenced like most of the others."
     found = {}
     for name in raw_names: found.setdefault(canonical_channel(name), []).append(name)
@@ -96,7 +101,8 @@ def _pick_canonical(raw_names: list[str], wanted: list[str], path) -> list[str]:
     if missing:
         raise SignalError(f'{path}: missing channel(s) {", ".join(missing)} '
                           f'(found {len(raw_names)}: {", ".join(raw_names[:25])}); '
-                          f'need {len(wanted)} of the 10-20 system{_bipolar_hint(raw_names)}')
+                          f'need {len(wanted)} for the {montage} montage'
+                          f'{_NEEDS.get(montage, "")}{_bipolar_hint(raw_names)}')
     ref = Counter(channel_reference(n) for c in wanted for n in found[c]).most_common(1)[0][0]
     return [_pick_one(found[c], c, ref, path) for c in wanted]
 
@@ -174,7 +180,7 @@ class EegReader:
     Reading a span reads only that span from disk, so a 24-h recording costs the memory of the span."""
     def __init__(self, path, montage: str = 'referential', unit: str | None = None):
         self.path, self.montage, self.channels = path, montage, channel_names(montage)  # validates the montage
-        self.refs = sorted({c for pair in TCP_PAIRS for c in pair}) if montage == 'tcp' else list(CHANNELS)
+        self.refs = sorted({c for pair in TCP_PAIRS for c in pair}) if montage == 'tcp' else list(self.channels)
         header = read_edf_header(path) if _is_edf_or_bdf(path) else None
         if header:
             _check_not_truncated(path, header)
@@ -185,7 +191,7 @@ class EegReader:
         except Exception as e:
             raise SignalError(f'{path}: cannot read the EDF header ({type(e).__name__}: {e})') from e
         labels = [l for l in header['labels'] if l not in ANNOTATION_LABELS] if header else self.raw.ch_names
-        self.picks = _pick_canonical(labels, self.refs, path)
+        self.picks = _pick_canonical(labels, self.refs, path, montage)
         self.scale = _rescale(path, self.raw, header, self.picks, unit) if header else np.ones(len(self.picks))
         self.sfreq, self.n_samples = float(self.raw.info['sfreq']), self.raw.n_times
         self.low, self.high = np.full(len(self.refs), np.inf), np.full(len(self.refs), -np.inf)

@@ -14,19 +14,20 @@ from scipy.special import i0e
 from .signal import TCP_PAIRS
 
 # %% auto #0
-__all__ = ['ELECTRODES', 'HEAD', 'POSITIONS', 'SEIZURE_TYPES', 'STATES', 'AWAKE', 'ASLEEP', 'TUSZ_ORDER', 'OPTIONAL_CHANNELS',
-           'TEN_TEN', 'SYNTH_VERSION', 'SFREQS', 'MONTAGES', 'distances', 'around', 'shaped_noise', 'pink', 'band',
-           'passband', 'spatially_correlated', 'SeizureType', 'Subject', 'random_subject', 'vigilance', 'state_gain',
-           'background', 'events', 'eye_artifacts', 'muscle', 'electrode_pops', 'line_noise', 'Seizure',
-           'plan_seizures', 'rhythm', 'seizure', 'postictal', 'ekg', 'photic', 'monitor_trends', 'head_signals',
-           'tusz_labels', 'write_edf', 'fill_background', 'annotation_text', 'write_annotations', 'subject_names',
-           'split_subjects', 'edf_patient', 'synth_tusz', 'corpus_summary', 'synth_tusz_cli', 'abnormal', 'synth_tuab',
-           'synth_sleep_edf']
+__all__ = ['ELECTRODES', 'HEAD', 'TUAB_HEAD', 'POSITIONS', 'SEIZURE_TYPES', 'STATES', 'AWAKE', 'ASLEEP', 'TUSZ_ORDER',
+           'TUAB_ORDER', 'OPTIONAL_CHANNELS', 'TEN_TEN', 'SYNTH_VERSION', 'SFREQS', 'MONTAGES', 'distances', 'around',
+           'shaped_noise', 'pink', 'band', 'passband', 'spatially_correlated', 'SeizureType', 'Subject',
+           'random_subject', 'vigilance', 'state_gain', 'background', 'events', 'eye_artifacts', 'muscle',
+           'electrode_pops', 'line_noise', 'Seizure', 'plan_seizures', 'rhythm', 'seizure', 'postictal', 'ekg',
+           'photic', 'monitor_trends', 'head_signals', 'tusz_labels', 'write_edf', 'fill_background', 'annotation_text',
+           'write_annotations', 'subject_names', 'split_subjects', 'edf_patient', 'synth_tusz', 'corpus_summary',
+           'synth_tusz_cli', 'abnormal', 'synth_tuab', 'synth_sleep_edf']
 
 # %% ../nbs/03_synth.ipynb #a7cd45ad
 ELECTRODES = ('FP1', 'FP2', 'F7', 'F3', 'FZ', 'F4', 'F8', 'T3', 'C3', 'CZ', 'C4', 'T4',
               'T5', 'P3', 'PZ', 'P4', 'T6', 'O1', 'O2')
 HEAD = (*ELECTRODES, 'A1', 'A2', 'LOC', 'ROC')
+TUAB_HEAD = (*HEAD, 'T1', 'T2')
 
 def _on_circle(deg): return (round(float(np.cos(np.radians(deg))), 3), round(float(np.sin(np.radians(deg))), 3))
 
@@ -36,7 +37,8 @@ POSITIONS = {
     'T6': _on_circle(324), 'O1': _on_circle(252), 'O2': _on_circle(288), 'OZ': _on_circle(270),
     'F3': (-0.42, 0.52), 'FZ': (0.0, 0.5), 'F4': (0.42, 0.52), 'C3': (-0.5, 0.0), 'CZ': (0.0, 0.0),
     'C4': (0.5, 0.0), 'P3': (-0.42, -0.52), 'PZ': (0.0, -0.5), 'P4': (0.42, -0.52),
-    'A1': (-1.2, -0.15), 'A2': (1.2, -0.15), 'LOC': (-0.6, 1.15), 'ROC': (0.6, 1.15)}
+    'A1': (-1.2, -0.15), 'A2': (1.2, -0.15), 'LOC': (-0.6, 1.15), 'ROC': (0.6, 1.15),
+    'T1': (-1.05, 0.3), 'T2': (1.05, 0.3)}
 
 # %% ../nbs/03_synth.ipynb #b984cd81
 def distances(electrodes, to=None) -> np.ndarray:
@@ -325,38 +327,43 @@ def monitor_trends(rng, n_times, sfreq) -> dict[str, np.ndarray]:
     return {'IBI': np.zeros(n_times, np.float32), 'BURSTS': np.zeros(n_times, np.float32), 'SUPPR': suppr}
 
 # %% ../nbs/03_synth.ipynb #0013c27f
-def head_signals(rng, subject: Subject, seconds, sfreq, n_seizures, reference='REF') -> tuple[dict, list[Seizure]]:
+def head_signals(rng, subject: Subject, seconds, sfreq, n_seizures, reference='REF',
+                 head=HEAD) -> tuple[dict, list[Seizure]]:
     "Every signal of one recording (µV) by short name (`FP1`, `A1`, `EKG`, `PHOTIC`...), and its seizures."
     n_times = int(seconds * sfreq)
     spans = vigilance(rng, seconds)
-    x = background(rng, subject, HEAD, n_times, sfreq, spans)
+    x = background(rng, subject, head, n_times, sfreq, spans)
     seizures = []
     for kind, start, stop in plan_seizures(rng, subject, seconds, n_seizures):
-        activity, keep, sz = seizure(rng, kind, start, stop, subject, HEAD, n_times, sfreq)
-        x = x * keep + activity + (postictal(rng, sz, subject, HEAD, n_times, sfreq) if rng.random() < 0.6 else 0)
+        activity, keep, sz = seizure(rng, kind, start, stop, subject, head, n_times, sfreq)
+        x = x * keep + activity + (postictal(rng, sz, subject, head, n_times, sfreq) if rng.random() < 0.6 else 0)
         seizures.append(sz)
-    x += eye_artifacts(rng, HEAD, n_times, sfreq, spans) + muscle(rng, HEAD, n_times, sfreq, spans)
+    x += eye_artifacts(rng, head, n_times, sfreq, spans) + muscle(rng, head, n_times, sfreq, spans)
     heart = ekg(rng, n_times, sfreq)
-    x += 0.005 * np.isin(HEAD, ('A1', 'A2', 'T3', 'T4', 'T5', 'T6'))[:, None] * heart  # the heartbeat leaks near the ears
-    if reference == 'LE': x -= x[[HEAD.index('A1'), HEAD.index('A2')]].mean(0)
+    near_ears = np.isin(head, ('A1', 'A2', 'T1', 'T2', 'T3', 'T4', 'T5', 'T6'))
+    x += 0.005 * near_ears[:, None] * heart  # the heartbeat leaks near the ears
+    if reference == 'LE': x -= x[[head.index('A1'), head.index('A2')]].mean(0)
     else: x -= 0.3 * subject.amplitude * shaped_noise(rng, 1, n_times, sfreq, pink(subject.slope))
-    x += electrode_pops(rng, HEAD, n_times, sfreq) + line_noise(rng, len(HEAD), n_times, sfreq)
+    x += electrode_pops(rng, head, n_times, sfreq) + line_noise(rng, len(head), n_times, sfreq)
     emg = rng.uniform(3, 10) * shaped_noise(rng, 1, n_times, sfreq, passband(20, 0.45 * sfreq))[0]
-    return dict(zip(HEAD, x), EKG=heart, EMG=emg, PHOTIC=photic(rng, n_times, sfreq), **monitor_trends(rng, n_times, sfreq)), seizures
+    others = dict(EKG=heart, EMG=emg, PHOTIC=photic(rng, n_times, sfreq), **monitor_trends(rng, n_times, sfreq))
+    return dict(zip(head, x)) | others, seizures
 
 # %% ../nbs/03_synth.ipynb #9860deca
 TUSZ_ORDER = ('FP1', 'FP2', 'F3', 'F4', 'C3', 'C4', 'P3', 'P4', 'O1', 'O2', 'F7', 'F8', 'T3', 'T4', 'T5', 'T6',
               'A1', 'A2', 'FZ', 'CZ', 'PZ', 'ROC', 'LOC', 'EKG', 'EMG', 'PHOTIC', 'IBI', 'BURSTS', 'SUPPR')
+_AFTER_EKG = TUSZ_ORDER.index('EKG') + 1
+TUAB_ORDER = (*TUSZ_ORDER[:_AFTER_EKG], 'T1', 'T2', *TUSZ_ORDER[_AFTER_EKG:])  # TUH writes T1/T2 after the EKG
 OPTIONAL_CHANNELS = {('ROC', 'LOC'): 0.7, ('EMG',): 0.3, ('PHOTIC',): 0.6, ('IBI', 'BURSTS', 'SUPPR'): 0.6}
 TEN_TEN = {'T3': 'T7', 'T4': 'T8', 'T5': 'P7', 'T6': 'P8'}
 
-def tusz_labels(rng, reference='REF') -> dict[str, str]:
+def tusz_labels(rng, reference='REF', channels=TUSZ_ORDER) -> dict[str, str]:
     "Short name -> EDF label of each channel a recording keeps, in the recording's order."
     dropped = {k for group, p in OPTIONAL_CHANNELS.items() if rng.random() >= p for k in group}
     ten_ten, ekg_plain = rng.random() < 0.15, rng.random() < 0.3
     special = {'EKG': 'EKG' if ekg_plain else f'EEG EKG1-{reference}', 'EMG': f'EMG-{reference}', 'PHOTIC': 'PHOTIC PH',
                'IBI': 'IBI', 'BURSTS': 'BURSTS', 'SUPPR': 'SUPPR'}
-    order = [k for k in TUSZ_ORDER if k not in dropped]
+    order = [k for k in channels if k not in dropped]
     for _ in range(rng.integers(0, 5)):  # a few swaps: montages get edited at the bedside
         i, j = rng.integers(len(order), size=2)
         order[i], order[j] = order[j], order[i]
@@ -407,11 +414,11 @@ def write_annotations(edf_path, seconds, seizures: list[Seizure], montage_file):
     edf_path.with_suffix('.csv').write_text(annotation_text(edf_path.stem, seconds, montage_file, per_channel))
 
 # %% ../nbs/03_synth.ipynb #09eedfa4
-SYNTH_VERSION = 1  # bump when the generator changes what it writes
+SYNTH_VERSION = {'tusz': 1, 'tuab': 2, 'sleep-edf': 1}  # bump a corpus's when the generator changes what it writes
 
 def _write_once(out, params: dict, write) -> Path:
     "Call `write()` to fill the empty folder `out`, then record `params`; same params again: nothing to do."
-    out, params = Path(out), json.loads(json.dumps({'synth_version': SYNTH_VERSION, **params}))
+    out, params = Path(out), json.loads(json.dumps({'synth_version': SYNTH_VERSION[params['corpus']], **params}))
     marker = out / 'synth.json'
     if marker.exists():
         made = json.loads(marker.read_text())
@@ -558,8 +565,8 @@ def synth_tuab(out_dir, subjects: int = 20, seed: int = 0, seconds: tuple[float,
             for s in range(int(srng.choice([1, 2], p=[0.7, 0.3]))):
                 rrng = np.random.default_rng([seed, 1, i, s])
                 length = int(rrng.uniform(*seconds))
-                signals, _ = head_signals(rrng, subject, length, sfreq, 0, 'REF')
-                labels = tusz_labels(rrng, 'REF')
+                signals, _ = head_signals(rrng, subject, length, sfreq, 0, 'REF', TUAB_HEAD)
+                labels = tusz_labels(rrng, 'REF', TUAB_ORDER)
                 write_edf(out / 'edf' / splits[name] / label / '01_tcp_ar' / f'{name}_s{s + 1:03d}_t000.edf',
                           {labels[k]: signals[k] for k in labels}, sfreq, patient=edf_patient(rrng, subject, year + s),
                           startdate=dt.date(year + s, 1 + int(rrng.integers(12)), 1 + int(rrng.integers(28))))

@@ -1,7 +1,9 @@
 """EEGPT as the paper ran it: the released Lightning checkpoint read as it is (payloads still refused),
-the remainder after the last patch dropped, the official TUAB fine-tune's layers, optimiser and schedule."""
+the remainder after the last patch dropped, the official TUAB fine-tune's 23 inputs, layers, optimiser and schedule."""
 import logging, math, os, pickle
 from pathlib import Path
+import mne
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,8 @@ import torch.nn.functional as F
 from brain_go_brrr.eegpt import (EEGPT_SIZES, ENCODER_PREFIX, FINETUNE_CHANNELS, OFFICIAL_TUAB_INPUTS, CheckpointError,
                                  EEGPTConfig, EEGPTEncoder, EEGPTFinetune, FinetuneRecipe, eegpt_channel_ids,
                                  finetune_optimizer, layer_decay_groups, load_eegpt, warmup_cosine, EEGPT_VOCABULARY)
+from brain_go_brrr.signal import channel_names
+from brain_go_brrr.tuab import TuabWindows, build_tuab_cache
 
 torch.set_num_threads(1)
 SMALL = EEGPT_SIZES['cpu']
@@ -133,8 +137,12 @@ def test_official_recipe_values():
     r = FinetuneRecipe()
     assert (r.sfreq, r.l_freq, r.h_freq, r.notch, r.window_s, r.input_scale) == (200.0, 0.1, 75.0, 50.0, 10.0, 0.01)
     assert (r.lr, r.weight_decay, r.layer_decay, r.epochs, r.warmup_epochs, r.min_lr) == (5e-4, 0.05, 0.65, 50, 5, 1e-6)
-    assert r.preprocessing == dict(sfreq=200.0, l_freq=0.1, h_freq=75.0, notch=50.0) and r.window == 2000
+    assert r.preprocessing == dict(montage='tuab23', sfreq=200.0, l_freq=0.1, h_freq=75.0, notch=50.0)
+    assert r.window == 2000
     assert len(OFFICIAL_TUAB_INPUTS) == 23 and len(FINETUNE_CHANNELS) == 20 and 'FPZ' in FINETUNE_CHANNELS
+    assert OFFICIAL_TUAB_INPUTS == ('FP1', 'FP2', 'F3', 'F4', 'C3', 'C4', 'P3', 'P4', 'O1', 'O2', 'F7', 'F8', 'T3',
+                                    'T4', 'T5', 'T6', 'A1', 'A2', 'FZ', 'CZ', 'PZ', 'T1', 'T2')  # the authors' list
+    assert channel_names(r.montage) == list(OFFICIAL_TUAB_INPUTS)  # what the recipe's cache reads
 
 
 def test_official_classifier_shapes_match_the_authors():
@@ -206,3 +214,22 @@ def test_finetune_optimizer_follows_the_schedule_in_every_group():
         sched.step()
         m.constrain()
     assert not torch.equal(before, m.encoder.blocks[0].attn.qkv.weight)
+
+
+def test_a_23_channel_cache_feeds_the_official_classifier(tmp_path):
+    "The recipe's preprocessing caches the 23 inputs in the authors' order; its windows go through the 23 -> 20 mix."
+    d = tmp_path / 'edf' / 'eval' / 'normal' / '01_tcp_ar'
+    d.mkdir(parents=True)
+    labels = [f'EEG {c}-LE' for c in reversed(OFFICIAL_TUAB_INPUTS)] + ['EEG EKG1-LE']  # any order, any reference
+    data = np.random.default_rng(0).normal(0, 20e-6, (len(labels), 250 * 12))
+    mne.export.export_raw(d / 'aaaaaaaa_s001_t000.edf', mne.io.RawArray(data, mne.create_info(labels, 250.0, 'eeg'),
+                          verbose='error'), fmt='edf', verbose='error')
+    recipe = FinetuneRecipe()
+    cache = build_tuab_cache(tmp_path, tmp_path / 'cache', 'eval', progress=False, **recipe.preprocessing)
+    assert not cache.failures and cache.config['channels'] == list(OFFICIAL_TUAB_INPUTS)
+    x, y = TuabWindows(cache, recipe.window_s)[0]
+    assert x.shape == (23, recipe.window)
+    torch.manual_seed(0)
+    m = EEGPTFinetune(EEGPTEncoder(SMALL), len(cache.config['channels']), recipe).eval()
+    assert tuple(m.mix[0].weight.shape) == (20, 23, 1)
+    with torch.no_grad(): assert m(x[None]).shape == (1,)

@@ -1,11 +1,12 @@
-"Issue #12, EDF to array: units, format by header, EDF+D, the reference of a channel, duplicate labels."
+"""Issue #12, EDF to array: units, format by header, EDF+D, the reference of a channel, duplicate labels;
+issue #17: the 23 channels of the official EEGPT TUAB fine-tune."""
 import logging, shutil
 from pathlib import Path
 import mne
 import numpy as np
 import pytest
 
-from brain_go_brrr.signal import CHANNELS, SignalError, read_eeg
+from brain_go_brrr.signal import CHANNELS, TUAB23_CHANNELS, SignalError, channel_names, read_eeg
 
 THIRD_PARTY = Path(__file__).parent / 'data' / 'third_party'  # origins and licences: README.md there
 
@@ -117,3 +118,25 @@ def test_real_files_headers_are_read_as_written():
     with pytest.raises(SignalError, match='duplicate label F1'): _pick_canonical(dup['labels'][:3], ['F1', 'F2'], 'x')
     assert [volts_per_unit(u) for u in read_edf_header(THIRD_PARTY / 'mne_test_uneven_samp.edf')['units']] == [1, 1e-6]
     assert read_edf_header(THIRD_PARTY / 'mne_test.bdf')['format'] == 'BDF'
+
+
+# 6. The official EEGPT TUAB inputs: the 19, the ears and T1/T2, in the authors' order, µV, whatever the reference.
+@pytest.mark.parametrize('ref', ['REF', 'LE'])
+def test_tuab23_reads_the_official_inputs_in_their_order(tmp_path, ref):
+    labels = [f'EEG {c}-{ref}' for c in reversed(TUAB23_CHANNELS)] + [f'EEG EKG1-{ref}', 'PHOTIC PH']
+    edf = write_edf(tmp_path / 'tuab23.edf', labels)
+    x, sfreq, names = read_eeg(edf, 'tuab23')
+    assert names == channel_names('tuab23') == ['FP1', 'FP2', 'F3', 'F4', 'C3', 'C4', 'P3', 'P4', 'O1', 'O2', 'F7',
+                                                'F8', 'T3', 'T4', 'T5', 'T6', 'A1', 'A2', 'FZ', 'CZ', 'PZ', 'T1', 'T2']
+    raw = mne.io.read_raw_edf(edf, verbose='error')
+    np.testing.assert_allclose(x, raw.get_data(picks=[f'EEG {c}-{ref}' for c in names]) * 1e6, rtol=1e-5)
+    np.testing.assert_array_equal(x[[names.index(c) for c in CHANNELS]], read_eeg(edf)[0])  # the 19 as before
+
+
+@pytest.mark.parametrize('drop,missing', [(('T1', 'T2'), 'T1, T2'), (('A2',), 'A2')])
+def test_tuab23_without_an_input_is_refused_naming_it(tmp_path, drop, missing):
+    edf = write_edf(tmp_path / 'short.edf', [f'EEG {c}-REF' for c in TUAB23_CHANNELS if c not in drop])
+    with pytest.raises(SignalError, match=rf'short\.edf: missing channel\(s\) {missing} ') as e:
+        read_eeg(edf, 'tuab23')
+    assert "montage='referential' reads the 19 alone" in str(e.value)
+    assert read_eeg(edf)[0].shape[0] == 19  # the 10-20 channels are still there

@@ -1,7 +1,10 @@
-"`python -m brain_go_brrr synth-tusz` as a user runs it: a separate process, exit codes, what lands on disk."
-import os, subprocess, sys
+"""`python -m brain_go_brrr synth-tusz` as a user runs it: a separate process, exit codes, what lands on disk;
+the synthetic TUAB corpus carries the channels the official EEGPT fine-tune reads."""
+import json, os, subprocess, sys
 from pathlib import Path
 import mne
+import numpy as np
+import pytest
 
 CLI = [sys.executable, '-m', 'brain_go_brrr', 'synth-tusz']
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
@@ -38,3 +41,20 @@ def test_synth_tusz_refuses_bad_arguments_with_exit_2(tmp_path):
 def test_synth_tusz_help():
     r = run('--help')
     assert r.returncode == 0 and '--subjects' in r.stdout and '--seed' in r.stdout
+
+
+def test_synth_tuab_writes_t1_t2_beside_t3_t4_and_records_its_version(tmp_path):
+    from brain_go_brrr.signal import read_eeg
+    from brain_go_brrr.synth import SYNTH_VERSION, synth_tuab
+    root = synth_tuab(tmp_path / 'tuab', subjects=6, seconds=(30, 30))
+    assert json.loads((root / 'synth.json').read_text())['synth_version'] == SYNTH_VERSION['tuab'] == 2
+    for edf in sorted(root.rglob('*.edf'))[:3]:
+        x, _, names = read_eeg(edf, 'tuab23')  # refuses a recording without T1/T2
+        r = np.corrcoef(x)
+        at = names.index
+        assert r[at('T1'), at('T3')] > r[at('T1'), at('O2')] and r[at('T2'), at('T4')] > r[at('T2'), at('O1')]
+        assert 3 < x[at('T1')].std() < 150 and 3 < x[at('T2')].std() < 150  # µV, like the scalp
+    old = tmp_path / 'old'  # a corpus of the previous generator, without T1/T2, is not taken for this one
+    old.mkdir()
+    (old / 'synth.json').write_text(json.dumps(json.loads((root / 'synth.json').read_text()) | {'synth_version': 1}))
+    with pytest.raises(FileExistsError, match='made with'): synth_tuab(old, subjects=6, seconds=(30, 30))

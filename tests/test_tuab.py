@@ -139,3 +139,7 @@ def test_the_synthetic_tuab_corpus_is_read_as_tuab(tmp_path):
     cache = build_tuab_cache(root, tmp_path / 'cache', 'eval', progress=False)
     assert not cache.failures and summarize_cache(cache)['recordings'] == d['eval/normal'] + d['eval/abnormal']
     assert TuabWindows(cache, 4.0)[0][0].shape == (19, 1024)
+    official = build_tuab_cache(root, tmp_path / 'cache23', 'eval', progress=False, montage='tuab23')
+    assert not official.failures and len(official) == len(cache)  # it writes T1/T2: the official inputs are all there
+    assert official.config['channels'][-4:] == ['CZ', 'PZ', 'T1', 'T2']
+    assert TuabWindows(official, 4.0)[0][0].shape == (23, 1024)
