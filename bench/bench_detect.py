@@ -1,6 +1,6 @@
-"""Detection speed: hours of EEG per minute, at the CPU default size and the reference size, in fresh processes.
+"""Detection speed: hours of EEG per minute at the CPU default and reference sizes and the baseline's, in fresh processes.
 
-    python bench/bench_detect.py                 # a 1-h recording; both sizes; writes outputs/bench/bench_detect.json
+    python bench/bench_detect.py                 # a 1-h recording, every size; writes outputs/bench/bench_detect.json
     python bench/bench_detect.py --hours 0.25 --only cpu_smoke
     python bench/bench_detect.py --device cuda --batch-size 64   # on a GPU
 
@@ -18,7 +18,8 @@ from brain_go_brrr.params import load_params
 from brain_go_brrr.signal import CHANNELS
 from brain_go_brrr.synth import write_edf
 
-SIZES = {'cpu_smoke': 'params/cpu_smoke.yaml', 'gpu_full': 'params/gpu_full.yaml'}
+SIZES = {'cpu_smoke': 'params/cpu_smoke.yaml', 'gpu_full': 'params/gpu_full.yaml',
+         'seizure_transformer': 'params/seizure_transformer.yaml'}
 CHILD = ("import resource, sys, time\nfrom brain_go_brrr.cli import main\nt = time.perf_counter()\nrc = main(sys.argv[1:])\n"
          "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)")
 
