@@ -1,5 +1,5 @@
 "detect: any recording without annotations, one unusable file never stops the others, memory independent of length."
-import json, shutil, subprocess, sys
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 import numpy as np
 import pytest
@@ -101,6 +101,8 @@ def test_two_recordings_that_would_write_the_same_files_are_refused_before_any_w
     assert r.returncode == 1 and 'would write x.*' in r.stderr and not (tmp_path / 'o').exists()
 
 
+# glibc's moving mmap threshold keeps freed blocks resident at random; a fixed one makes peak memory repeatable
+STEADY_MALLOC = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': str(1 << 16)}
 MEASURE = ("import resource, sys\nfrom brain_go_brrr.cli import main\nrc = main(sys.argv[1:])\n"
            "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)")
 
@@ -129,7 +131,7 @@ def test_peak_memory_does_not_grow_with_the_recordings_length(checkpoint, tmp_pa
         edf = write_long_edf(tmp_path / f'h{hours}.edf', hours)
         r = subprocess.run([sys.executable, '-c', MEASURE, 'detect', '--checkpoint', str(checkpoint), str(edf),
                             '--out', str(tmp_path / 'out'), '--no-figures', '--batch-size', '16'],
-                           capture_output=True, text=True, timeout=1800)
+                           capture_output=True, text=True, timeout=1800, env=STEADY_MALLOC)
         assert r.returncode == 0, r.stderr
         assert f'({hours:.2f} h of EEG)' in r.stdout
         peaks[hours] = int(r.stdout.split('MAXRSS_KB')[1].split()[0])

@@ -121,8 +121,10 @@ print(status('VmHWM') - before)
 
 def _pe_peak_bytes(batch, chunk):
     "Peak resident memory added by a dynamic-PE forward+backward of `batch` windows of 960 steps, in a fresh process."
+    # a fixed mmap threshold: glibc's moving one keeps freed blocks resident at random, which made this test flaky
+    env = {**SUBPROCESS_ENV, 'MALLOC_MMAP_THRESHOLD_': str(1 << 16)}
     out = subprocess.run([sys.executable, '-c', PE_MEMORY, str(batch), str(chunk)], capture_output=True, text=True,
-                         cwd=ROOT, env=SUBPROCESS_ENV, check=True)
+                         cwd=ROOT, env=env, check=True)
     return int(out.stdout.split()[-1])
 
 
