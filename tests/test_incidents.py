@@ -11,7 +11,7 @@ ENV = os.environ | {'OMP_NUM_THREADS': '1'}
 def test_replay_with_guard_false_runs_only_the_failure(tmp_path):
     "The replay command of the index, on the quickest incident: `reproduced` true, the guard side not run (null)."
     run_dir = tmp_path / 'replay'
-    out = subprocess.run([sys.executable, '-m', 'papermill', 'nbs/incident_nan_dynamic_pe.ipynb', str(tmp_path / 'out.ipynb'),
+    out = subprocess.run([sys.executable, '-m', 'papermill', 'nbs/incidents/incident_nan_dynamic_pe.ipynb', str(tmp_path / 'out.ipynb'),
                           '-p', 'guard', 'false', '-p', 'run_name', str(run_dir)],
                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

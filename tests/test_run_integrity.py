@@ -38,10 +38,10 @@ def test_train_cli_refuses_an_empty_data_dir_before_any_work(tmp_path):
 @pytest.mark.parametrize('notebook,typo,closest', [('train.ipynb', 'mixed_precison', 'mixed_precision'),
                                                    ('build_cache.ipynb', 'worker', 'workers'),
                                                    ('train_eegpt_probe.ipynb', 'weight_decy', 'weight_decay'),
-                                                   ('incident_nan_normalization.ipynb', 'gaurd', 'guard'),
-                                                   ('incident_nan_dynamic_pe.ipynb', 'gap_esp', 'gap_eps'),
-                                                   ('incident_nan_fp16_tiny_batch.ipynb', 'step', 'steps'),
-                                                   ('incident_oom_dynamic_pe.ipynb', 'interval', 'intervals')])
+                                                   ('incidents/incident_nan_normalization.ipynb', 'gaurd', 'guard'),
+                                                   ('incidents/incident_nan_dynamic_pe.ipynb', 'gap_esp', 'gap_eps'),
+                                                   ('incidents/incident_nan_fp16_tiny_batch.ipynb', 'step', 'steps'),
+                                                   ('incidents/incident_oom_dynamic_pe.ipynb', 'interval', 'intervals')])
 def test_papermill_refuses_a_name_that_is_not_a_parameter(tmp_path, notebook, typo, closest):
     import papermill as pm
     t0 = time.time()
