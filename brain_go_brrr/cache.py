@@ -138,7 +138,8 @@ class Cache:
         self.root = Path(cache_dir)
         if not (self.root / CONFIG_FILE).exists():
             raise FileNotFoundError(f'{self.root}: not a cache (no {CONFIG_FILE}). Build one with '
-                                    f'`python -m brain_go_brrr build-cache --data-dir D --cache-dir {self.root} --split train`')
+                                    f'`python -m brain_go_brrr build-cache --data-dir D --cache-dir {self.root} '
+                                    f'--split train`')
         self.config = json.loads((self.root / CONFIG_FILE).read_text())
         fields = Recording.__dataclass_fields__
         self.recordings = [Recording(**{k: v for k, v in e.items() if k in fields})
@@ -209,7 +210,8 @@ def check_cache_splits(cache_dirs) -> None:
 
 # %% ../nbs/api/04_cache.ipynb #bbbfdd45
 def preprocessing_config(data_dir, split: str, montage: str = 'referential', sfreq: float = 256.0,
-                         l_freq: float = 0.5, h_freq: float = 120.0, notch: float | None = 60.0, corpus: str = 'tusz') -> dict:
+                         l_freq: float = 0.5, h_freq: float = 120.0, notch: float | None = 60.0,
+                         corpus: str = 'tusz') -> dict:
     """Everything that decides what a cache contains: stored in `cache.json`, compared on every build.
     Windows are not part of it: they are cut when the cache is read, so one cache serves any window length."""
     return dict(corpus=corpus, split=split, data_dir=str(Path(data_dir).resolve()), montage=montage,
@@ -219,7 +221,8 @@ def preprocessing_config(data_dir, split: str, montage: str = 'referential', sfr
 # %% ../nbs/api/04_cache.ipynb #5a64ae32
 def _check_annotation_fits(ann, n_seconds: float, path) -> None:
     if ann.events and (end := max(e.stop for e in ann.events)) > n_seconds + 1.0:
-        raise AnnotationError(f'{ann.path}: annotation ends at {end:.2f} s, past the end of {Path(path).name} ({n_seconds:.2f} s)')
+        raise AnnotationError(f'{ann.path}: annotation ends at {end:.2f} s, past the end of {Path(path).name} '
+                              f'({n_seconds:.2f} s)')
 
 def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     "A TUSZ recording preprocessed as `config` says, its seizure mask, and what its manifest entry records."
@@ -228,7 +231,8 @@ def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     _check_annotation_fits(ann, data.shape[1] / sfreq_in, f.path)
     check_annotation_matches(ann, f.path, data.shape[1] / sfreq_in)  # bname, # duration, rows to the end
     x = preprocess(data, sfreq_in, config['sfreq'], config['l_freq'], config['h_freq'], config['notch'])
-    return x, label_mask(ann.events, x.shape[1], config['sfreq']), dict(split=f.split, session=f.session, montage=f.montage, sfreq_in=sfreq_in)
+    return x, label_mask(ann.events, x.shape[1], config['sfreq']), dict(split=f.split, session=f.session,
+                                                                        montage=f.montage, sfreq_in=sfreq_in)
 
 def cache_recording(f, cache_dir, config: dict, load=load_tusz) -> tuple[str, str]:
     "Preprocess one file with `load` into the cache; returns (bname, '') or (bname, why it failed)."
@@ -364,7 +368,8 @@ def clean_cache(cache_dir) -> list[Path]:
 # %% ../nbs/api/04_cache.ipynb #bb615f2b
 def build_cache_cli(argv: list[str] | None = None) -> int:
     "`build-cache --data-dir D --cache-dir C --split train [--workers N] [--verify]`; exit 1 if every recording failed."
-    p = argparse.ArgumentParser(prog='python -m brain_go_brrr build-cache', description='Preprocess a split of EDF recordings into a cache.')
+    p = argparse.ArgumentParser(prog='python -m brain_go_brrr build-cache',
+                                description='Preprocess a split of EDF recordings into a cache.')
     p.add_argument('--data-dir', required=True, help='corpus root containing edf/')
     p.add_argument('--cache-dir', required=True)
     p.add_argument('--split', default='train', choices=('train', 'dev', 'eval'))
@@ -393,14 +398,17 @@ def scan_cache_cli(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.verify:
         try: verify_cache(a.cache_dir)
-        except CacheError as e: print(e, file=sys.stderr); return 1
+        except CacheError as e:
+            print(e, file=sys.stderr)
+            return 1
     scan = scan_cache(a.cache_dir, a.window_s, a.stride_s)
     print(json.dumps(scan) if a.json else format_scan(scan, open_cache(a.cache_dir).failures))
     return 0
 
 def clean_cache_cli(argv: list[str] | None = None) -> int:
     "`clean-cache --cache-dir C`"
-    p = argparse.ArgumentParser(prog='python -m brain_go_brrr clean-cache', description='Remove a cache and nothing outside it.')
+    p = argparse.ArgumentParser(prog='python -m brain_go_brrr clean-cache',
+                                description='Remove a cache and nothing outside it.')
     p.add_argument('--cache-dir', required=True)
     a = p.parse_args(argv)
     left = clean_cache(a.cache_dir)

@@ -30,7 +30,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
     torch.save(state, tmp)
     side_tmp = side.with_name(f'.{side.name}.tmp')
     side_tmp.write_text(f'{sha256_of(tmp)}  {path.name}\n')
-    os.replace(tmp, path); os.replace(side_tmp, side)
+    os.replace(tmp, path)
+    os.replace(side_tmp, side)
 
 def _instead(path: Path) -> str:
     other = path.with_name('best.pt' if path.name == 'last.pt' else 'last.pt')

@@ -20,7 +20,8 @@ COMMANDS = {
     'audit-norm':    ('normalization', 'audit_norm_cli', 'check what a statistics file will do to the data'),
     'model-summary': ('model', 'model_summary_cli', 'parameters per block and tensor shapes of the detector'),
     'validate':      ('params', 'validate_cli', 'validate a parameter file'),
-    'score':         ('scoring', 'score_cli', 'NEDC v6.0.0 or SzCORE scoring of hypothesis against reference .csv_bi files'),
+    'score':         ('scoring', 'score_cli', 'NEDC v6.0.0 or SzCORE scoring of hypothesis against reference .csv_bi '
+                      'files'),
     'train':         ('train', 'train_cli', 'train the detector (under torchrun for several GPUs or machines)'),
     'detect':        ('detect', 'detect_cli', 'seizure events, probabilities and review figures for EEG recordings'),
 }

@@ -30,7 +30,8 @@ class WindowDataset(Dataset):
         rec_idx, starts, classes = [], [], []
         for i, rec in enumerate(self.cache.recordings):
             s = window_starts(rec.n_samples, self.sfreq, self.window_s, self.stride_s)
-            rec_idx.append(np.full(len(s), i, np.int32)); starts.append(s)
+            rec_idx.append(np.full(len(s), i, np.int32))
+            starts.append(s)
             classes.append(window_classes(self.cache.labels(rec), s, self.window))
         cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)
         self.rec_idx, self.starts, self.classes = cat(rec_idx, np.int32), cat(starts, np.int64), cat(classes, np.int8)
@@ -51,7 +52,8 @@ class WindowDataset(Dataset):
 # %% ../nbs/api/06_datasets.ipynb #5642f8ff
 class BalancedSeizureDataset(Dataset):
     "Epochs of windows drawn towards a target seizure ratio; call `set_epoch` before each epoch."
-    def __init__(self, windows: WindowDataset, seizure_ratio: float = 0.5, epoch_size: int | None = None, seed: int = 0):
+    def __init__(self, windows: WindowDataset, seizure_ratio: float = 0.5, epoch_size: int | None = None,
+                 seed: int = 0):
         if not 0 <= seizure_ratio <= 1: raise ValueError(f'seizure_ratio must be in [0, 1], got {seizure_ratio}')
         self.windows, self.seizure_ratio, self.seed = windows, seizure_ratio, seed
         self.seizure_idx = np.flatnonzero(windows.classes > 0)
@@ -78,7 +80,8 @@ class BalancedSeizureDataset(Dataset):
     def __getitem__(self, i): return self.windows[self.index[i]]
 
 # %% ../nbs/api/06_datasets.ipynb #46165992
-def make_loader(ds, batch_size: int, num_workers: int = 0, distributed: bool = False, shuffle: bool = False) -> DataLoader:
+def make_loader(ds, batch_size: int, num_workers: int = 0, distributed: bool = False,
+                shuffle: bool = False) -> DataLoader:
     "A loader over `ds`; with `distributed`, each rank reads its own shard (call `set_epoch` on both)."
     sampler = DistributedSampler(ds, shuffle=shuffle, drop_last=True) if distributed else None
     return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, sampler=sampler,

@@ -257,7 +257,8 @@ def plot_overview(d: Detection, threshold: float, ax=None):
     ax.axhline(threshold, color='k', lw=0.6, ls='--', label=f'threshold {threshold:.2f}')
     for a, b, _ in d.events: ax.axvspan(a / scale, b / scale, color='tab:red', alpha=0.3, lw=0)
     ax.set(xlim=(0, d.duration_s / scale), ylim=(-0.02, 1.02), xlabel=f'time ({unit})',
-           title=f'{d.path.name}: {len(d.events)} event(s), {d.seizure_s:.0f} s of seizure in {d.duration_s / 3600:.2f} h')
+           title=f'{d.path.name}: {len(d.events)} event(s), {d.seizure_s:.0f} s of seizure in '
+           f'{d.duration_s / 3600:.2f} h')
     ax.legend(loc='upper right', fontsize=7)
     return ax
 
@@ -347,7 +348,8 @@ def format_summary(rows: list[dict]) -> str:
 
 # %% ../nbs/api/09a_detect.ipynb #8b2578d3
 def detect_files(det: LoadedDetector, paths, out_dir, point: dict, device='cpu', batch_size: int = 8,
-                 precision: str = 'fp32', unit: str | None = None, figures: bool = True, progress: bool = True) -> list[dict]:
+                 precision: str = 'fp32', unit: str | None = None, figures: bool = True,
+                 progress: bool = True) -> list[dict]:
     "Detect in every recording under `paths`; write each one's outputs under `out_dir`; one summary row each."
     device, out_dir, recordings = torch.device(device), Path(out_dir), recordings_under(paths)  # refusals first
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,8 @@ def eegpt_channel_ids(channels=CHANNELS) -> torch.Tensor:
                          f'10-10 names ({" ".join(EEGPT_VOCABULARY)}): drop them or rename them to one of these')
     untrained = [c for c, n in zip(channels, names) if n not in PRETRAINED_CHANNELS]
     if untrained:
-        raise ValueError(f'channels {", ".join(untrained)} have an embedding the released model never trained (pretraining '
+        raise ValueError(f'channels {", ".join(untrained)} have an embedding the released model never trained '
+                         f'(pretraining '
                          f'used {len(PRETRAINED_CHANNELS)} channels, not AF7, AF8, PO5, PO6): drop them')
     if len(set(names)) != len(names):
         raise ValueError(f'channels {list(channels)} name the same electrode twice once mapped to EEGPT names ({names})')
@@ -86,7 +87,8 @@ class EEGPTConfig:
 
 EEGPT_SIZES = {
     'large': EEGPTConfig(),  # published, ~25M parameters: the released eegpt_mcae_58chs_4s_large4E.ckpt
-    'cpu': EEGPTConfig(embed_dim=64, depth=2, num_heads=4),  # ours, not published: a randomly initialised stand-in for CPU smoke runs
+    # ours, not published: a randomly initialised stand-in for CPU smoke runs
+    'cpu': EEGPTConfig(embed_dim=64, depth=2, num_heads=4),
 }
 
 # %% ../nbs/api/11_eegpt.ipynb #a203a7a6
@@ -138,7 +140,8 @@ class EEGPTEncoder(nn.Module):
     def __init__(self, config: EEGPTConfig = EEGPTConfig()):
         super().__init__()
         c = self.config = config
-        if c.embed_dim % c.num_heads: raise ValueError(f'EEGPTConfig: embed_dim {c.embed_dim} is not a multiple of num_heads {c.num_heads}')
+        if c.embed_dim % c.num_heads: raise ValueError(f'EEGPTConfig: embed_dim {c.embed_dim} is not a multiple of '
+                                                       f'num_heads {c.num_heads}')
         self.patch_embed = PatchEmbed(c.patch_size, c.embed_dim)
         self.chan_embed = nn.Embedding(c.n_vocab, c.embed_dim)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
@@ -154,7 +157,9 @@ class EEGPTEncoder(nn.Module):
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.init.trunc_normal_(m.weight, std=std, a=-2.0, b=2.0)
                 if m.bias is not None: nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Embedding): nn.init.normal_(m.weight, std=0.02)
         nn.init.trunc_normal_(self.summary_token, std=std, a=-2.0, b=2.0)
         with torch.no_grad():
@@ -190,7 +195,8 @@ def n_params(m: nn.Module) -> int:
 
 # %% ../nbs/api/11_eegpt.ipynb #2c1cc150
 ENCODER_PREFIX = 'target_encoder.'
-PRETRAINING_PREFIXES = ('encoder.', 'predictor.', 'reconstructor.')  # context encoder, predictor, reconstructor: not used to embed
+# context encoder, predictor, reconstructor: not used to embed
+PRETRAINING_PREFIXES = ('encoder.', 'predictor.', 'reconstructor.')
 
 class CheckpointError(ValueError):
     "A checkpoint that cannot be loaded as an EEGPT encoder; the message names the file, the keys and the fix."
@@ -219,7 +225,8 @@ def _refusal(e: Exception) -> str:
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     "The tensors of a checkpoint (a Lightning `.ckpt`'s `state_dict`, or a bare state dict), read `weights_only`."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f'{path}: no checkpoint there (the released file is eegpt_mcae_58chs_4s_large4E.ckpt)')
+    if not path.is_file(): raise FileNotFoundError(f'{path}: no checkpoint there (the released file is '
+                                                   f'eegpt_mcae_58chs_4s_large4E.ckpt)')
     try:
         with torch.serialization.safe_globals(LIGHTNING_STAND_INS):
             obj = torch.load(path, map_location='cpu', weights_only=True)
@@ -234,8 +241,10 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     except Exception as e: raise CheckpointError(f'{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})') from None
     sd = obj.get('state_dict', obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f'{path}: expected a dict of tensors, or a Lightning checkpoint whose "state_dict" is one; '
-                              f'found {type(obj).__name__}' + (f' with keys {sorted(obj)[:8]}' if isinstance(obj, dict) else ''))
+        raise CheckpointError(f'{path}: expected a dict of tensors, or a Lightning checkpoint whose "state_dict" is '
+                              f'one; '
+                              f'found {type(obj).__name__}' + (f' with keys {sorted(obj)[:8]}' if isinstance(obj, dict)
+                                                               else ''))
     return sd
 
 # %% ../nbs/api/11_eegpt.ipynb #33492326
@@ -252,7 +261,8 @@ def encoder_state_dict(sd: dict, path='checkpoint', ignore: tuple[str, ...] = PR
     "The `target_encoder.*` tensors of `sd` without the prefix; prefixes in `ignore` are set aside (logged), any other key is an error."
     enc = {k[len(ENCODER_PREFIX):]: v for k, v in sd.items() if k.startswith(ENCODER_PREFIX)}
     if not enc:
-        raise CheckpointError(f'{path}: no "{ENCODER_PREFIX}*" tensors; found prefixes {sorted({_prefix(k) for k in sd})}. '
+        raise CheckpointError(f'{path}: no "{ENCODER_PREFIX}*" tensors; found prefixes '
+                              f'{sorted({_prefix(k) for k in sd})}. '
                               'Pass the released EEGPT checkpoint (eegpt_mcae_58chs_4s_large4E.ckpt)')
     rest = [k for k in sd if not k.startswith(ENCODER_PREFIX)]
     other = [k for k in rest if not k.startswith(tuple(ignore))]
@@ -273,13 +283,15 @@ def load_eegpt(path, config: EEGPTConfig | None = None, ignore: tuple[str, ...] 
     model = EEGPTEncoder(config)
     want = model.state_dict()
     missing, unexpected = sorted(want.keys() - enc.keys()), sorted(enc.keys() - want.keys())
-    wrong = [f'{k} {tuple(enc[k].shape)} (model: {tuple(v.shape)})' for k, v in want.items() if k in enc and enc[k].shape != v.shape]
+    wrong = [f'{k} {tuple(enc[k].shape)} (model: {tuple(v.shape)})' for k, v in want.items() if k in enc
+             and enc[k].shape != v.shape]
     if missing or unexpected or wrong:
         parts = [f'{len(missing)} missing ({", ".join(missing[:6])})' if missing else '',
                  f'{len(unexpected)} unexpected ({", ".join(unexpected[:6])})' if unexpected else '',
                  f'{len(wrong)} of another shape ({"; ".join(wrong[:4])})' if wrong else '']
         raise CheckpointError(f'{path}: its encoder does not match {config}: ' + ', '.join(p for p in parts if p)
-                              + f'. {_shape_hint(enc)}: pass the EEGPTConfig that matches it (num_heads is not in the shapes: the released model has 8)')
+                              + f'. {_shape_hint(enc)}: pass the EEGPTConfig that matches it (num_heads is not in the '
+                              f'shapes: the released model has 8)')
     model.load_state_dict(enc, strict=True)
     log.info(f'{path}: loaded {len(enc)} encoder tensors ({n_params(model):,} parameters)')
     return model.eval()
@@ -322,7 +334,8 @@ class NormalizedEEGPT(nn.Module):
 
     def audit(self, x) -> AuditReport:
         "Audit the statistics on (up to `audit_windows` of) `x` (B, C, T) and keep the verdict; raise `NormalizationMismatch` unless ok (or overridden)."
-        if self.stats is None: raise ValueError('this wrapper does not normalise (normalize=False): there are no statistics to audit')
+        if self.stats is None: raise ValueError('this wrapper does not normalise (normalize=False): there are no '
+                                                'statistics to audit')
         windows = torch.as_tensor(x)[: self.audit_windows].detach().to('cpu', torch.float32).numpy()
         try:
             self.report = gate_normalization(self.stats, windows, override=self.override, log=log.info,
@@ -335,7 +348,8 @@ class NormalizedEEGPT(nn.Module):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         "What the encoder gets: `x` normalised by the statistics (audited on the first call), then average-referenced."
         if x.ndim != 3 or x.shape[1] != len(self.channels):
-            raise ValueError(f'expected (batch, {len(self.channels)} channels {" ".join(self.channels)}, samples), got {tuple(x.shape)}')
+            raise ValueError(f'expected (batch, {len(self.channels)} channels {" ".join(self.channels)}, samples), got '
+                             f'{tuple(x.shape)}')
         if self.stats is not None:
             if self.report is None: self.audit(x)
             elif self.report.verdict != 'ok' and not self.report.overridden: raise NormalizationMismatch(self.report)
@@ -351,15 +365,20 @@ class NormalizedEEGPT(nn.Module):
         return self
 
 # %% ../nbs/api/11_eegpt.ipynb #0a0c34dd
-def create_normalized_eegpt(checkpoint_path, normalize: bool = True, stats: NormStats | str | os.PathLike | None = None, *,
+def create_normalized_eegpt(checkpoint_path, normalize: bool = True, stats: NormStats | str | os.PathLike | None = None,
+                            *,
                             config: EEGPTConfig | None = None, channels=CHANNELS, **wrapper_kw) -> NormalizedEEGPT:
     "The EEGPT encoder of `checkpoint_path` (released layout) behind the audited normalisation with `stats`, which must be passed explicitly."
     if normalize and stats is None:
-        raise ValueError('create_normalized_eegpt(normalize=True) needs stats= (a NormStats, or the path of a statistics file '
-                         'computed on this data: `python -m brain_go_brrr norm-stats --cache-dir CACHE --out stats.json`). '
-                         'It never looks for a statistics file on its own. Pass normalize=False if the data needs no normalisation.')
+        raise ValueError('create_normalized_eegpt(normalize=True) needs stats= (a NormStats, or the path of a '
+                         'statistics file '
+                         'computed on this data: `python -m brain_go_brrr norm-stats --cache-dir CACHE --out '
+                         'stats.json`). '
+                         'It never looks for a statistics file on its own. Pass normalize=False if the data needs no '
+                         'normalisation.')
     if not normalize and stats is not None:
-        raise ValueError('create_normalized_eegpt: stats= given with normalize=False; pass normalize=True to use them, or drop stats=')
+        raise ValueError('create_normalized_eegpt: stats= given with normalize=False; pass normalize=True to use them, '
+                         'or drop stats=')
     if stats is not None and not isinstance(stats, NormStats): stats = NormStats.load(stats)
     return NormalizedEEGPT(load_eegpt(checkpoint_path, config), stats, channels, **wrapper_kw)
 

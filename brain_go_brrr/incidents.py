@@ -87,7 +87,8 @@ def train_steps(model, batches, precision: str = 'fp32', lr: float = 1e-3, grad_
     try:
         for step, (x, y) in enumerate(batches):
             debugger.step, record['adjacency_grad_finite'] = step, None
-            st = train_step(model, x.to(device), y.to(device), optimizer, scaler, autocast, grad_clip, sanitize, skip_nonfinite)
+            st = train_step(model, x.to(device), y.to(device), optimizer, scaler, autocast, grad_clip, sanitize,
+                            skip_nonfinite)
             if st.error:
                 error = dict(step=step, error=st.error)
                 break
@@ -99,7 +100,8 @@ def train_steps(model, batches, precision: str = 'fp32', lr: float = 1e-3, grad_
         debugger.remove()
     first = lambda key: next((s['step'] for s in steps if s[key] is False), None)
     return dict(steps=steps, first_nonfinite=debugger.first, error=error,
-                first_nan_logits_step=first('logits_finite') if first('logits_finite') is not None else (error or {}).get('step'),
+                first_nan_logits_step=first('logits_finite') if first('logits_finite') is not None
+                else (error or {}).get('step'),
                 first_nonfinite_pe_gradient_step=first('adjacency_grad_finite'),
                 skipped_steps=sum(s['skipped'] for s in steps), scaler_skips=sum(s['scaler_skip'] for s in steps),
                 sanitized=sum(s['sanitized'] for s in steps))
@@ -135,10 +137,12 @@ def peak_memory(target: str, kwargs: dict | None = None, device: str = 'cpu', bu
                 timeout: float = 600) -> dict:
     "Peak memory of `target(**kwargs)()` above its baseline, in a fresh process: `peak_bytes` (None on OOM), `oom`, `seconds`."
     env = os.environ | {'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
-    proc = subprocess.run([sys.executable, '-c', _PEAK_DRIVER, target, json.dumps(kwargs or {}), device, json.dumps(budget_bytes)],
+    proc = subprocess.run([sys.executable, '-c', _PEAK_DRIVER, target, json.dumps(kwargs or {}), device,
+                           json.dumps(budget_bytes)],
                           capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode:
-        raise RuntimeError(f'peak_memory({target}, {kwargs}): the measuring process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}')
+        raise RuntimeError(f'peak_memory({target}, {kwargs}): the measuring process failed (exit '
+                           f'{proc.returncode}):\n{proc.stderr[-2000:]}')
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 # %% ../nbs/api/14_incidents.ipynb #56c679b7
@@ -147,7 +151,8 @@ def pe_workload(batch: int, steps: int = 960, interval: int = 1, chunk_size: int
     "Inputs for one dynamic-PE forward+backward, and the callable that runs it."
     g = torch.Generator().manual_seed(seed)
     n_pairs = n_nodes * (n_nodes - 1) // 2
-    adjacency = sparsify(dense_adjacency(torch.rand(batch, steps, n_pairs, generator=g), pair_index(n_nodes), n_nodes), 3, 1e-4)
+    adjacency = sparsify(dense_adjacency(torch.rand(batch, steps, n_pairs, generator=g), pair_index(n_nodes), n_nodes),
+                         3, 1e-4)
     adjacency = adjacency.to(device).requires_grad_()
     probe = torch.randn(batch, steps, n_nodes, k, generator=g).to(device)
     graphs = batch * steps
@@ -155,7 +160,8 @@ def pe_workload(batch: int, steps: int = 960, interval: int = 1, chunk_size: int
         (graph.laplacian_pe(adjacency, k, interval, chunk_size=chunk_size or graphs) * probe).sum().backward()
     return run
 
-def detector_workload(params_file: str, batch: int | None = None, interval: int | None = None, chunk_size: int | None = None,
+def detector_workload(params_file: str, batch: int | None = None, interval: int | None = None,
+                      chunk_size: int | None = None,
                       seed: int = 0, device: str = 'cpu'):
     "The detector of `params_file` (batch, window, model), forward+backward on one random batch; `None` keeps the file's value."
     from brain_go_brrr.params import load_params

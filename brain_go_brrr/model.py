@@ -46,7 +46,8 @@ class DetectorConfig(BaseModel):
     edge_d_state: int = 8
     edge_top_k: int = 3                  # strongest edges kept per node
     edge_threshold: float = 1e-4         # weights at or below are dropped
-    edge_clamp: bool = True              # clamp edge weights to [0, 1]; env BGB_EDGE_CLAMP (on/off, see switches) overrides
+    # clamp edge weights to [0, 1]; env BGB_EDGE_CLAMP (on/off, see switches) overrides
+    edge_clamp: bool = True
     gnn_layers: int = 2                  # SSGConv layers
     gnn_alpha: float = 0.05
     gnn_K: int = 1                       # SSGConv propagation steps
@@ -60,18 +61,21 @@ class DetectorConfig(BaseModel):
     def _consistent(self):
         d = self.tcn_downsample
         if d < 1 or d & (d - 1) or d > 2 ** self.tcn_layers:
-            raise ValueError(f'tcn_downsample={d}: use a power of 2 no larger than 2 ** tcn_layers = {2 ** self.tcn_layers}')
+            raise ValueError(f'tcn_downsample={d}: use a power of 2 no larger than 2 ** tcn_layers = '
+                             f'{2 ** self.tcn_layers}')
         if not 1 <= self.pe_k <= self.n_nodes:
             raise ValueError(f'pe_k={self.pe_k}: use 1 to n_nodes={self.n_nodes} eigenvectors')
         if self.tcn_kernel_size % 2 == 0:
-            raise ValueError(f'tcn_kernel_size={self.tcn_kernel_size}: use an odd kernel so the convolution keeps the length')
+            raise ValueError(f'tcn_kernel_size={self.tcn_kernel_size}: use an odd kernel so the convolution keeps the '
+                             f'length')
         if self.semi_dynamic_interval < 1 or self.pe_chunk_size < 1:
             raise ValueError('semi_dynamic_interval and pe_chunk_size: use 1 or more')
         return self
 
     def tcn_widths(self) -> list[int]:
         "Output width of each TCN layer: doubling from `tcn_base_channels`, capped, the last `tcn_channels`."
-        return [min(self.tcn_channels, self.tcn_base_channels * 2 ** i) for i in range(self.tcn_layers - 1)] + [self.tcn_channels]
+        return [min(self.tcn_channels, self.tcn_base_channels * 2 ** i)
+                for i in range(self.tcn_layers - 1)] + [self.tcn_channels]
 
 # %% ../nbs/api/07_model.ipynb #760d37ba
 class TemporalBlock(nn.Module):
@@ -109,9 +113,11 @@ class Detector(nn.Module):
         self.edge_stream = EdgeStream(cfg.n_nodes, cfg.edge_dim, cfg.edge_layers, cfg.edge_d_state,
                                       cfg.edge_top_k, cfg.edge_threshold, cfg.edge_clamp, cfg.mamba_checkpointing)
         self.graph_stream = GraphStream(cfg.d_node, cfg.gnn_layers, cfg.gnn_alpha, cfg.gnn_K, cfg.pe_k,
-                                        cfg.semi_dynamic_interval, cfg.use_dynamic_pe, cfg.pe_chunk_size, cfg.pe_gap_eps)
+                                        cfg.semi_dynamic_interval, cfg.use_dynamic_pe, cfg.pe_chunk_size,
+                                        cfg.pe_gap_eps)
         self.from_nodes = nn.Linear(cfg.n_nodes * cfg.d_node, cfg.tcn_channels)
-        self.decoder = nn.Sequential(nn.LayerNorm(cfg.tcn_channels), nn.Dropout(cfg.dropout), nn.Linear(cfg.tcn_channels, 1))
+        self.decoder = nn.Sequential(nn.LayerNorm(cfg.tcn_channels), nn.Dropout(cfg.dropout),
+                                     nn.Linear(cfg.tcn_channels, 1))
 
     def check_input(self, x: torch.Tensor):
         "Raise, naming the fix, unless `x` is `(B, n_channels, T)` with `T` divisible by `tcn_downsample`."
@@ -215,7 +221,8 @@ def detector_input(path: str | Path) -> tuple[DetectorConfig | SeizureTransforme
 def model_summary_cli(argv: list[str] | None = None) -> int:
     "Print parameters per block and tensor shapes of the model a parameter file describes."
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr model-summary', description=model_summary_cli.__doc__)
-    p.add_argument('-f', '--params', required=True, help='YAML parameter file with a model: mapping (e.g. params/gpu_full.yaml)')
+    p.add_argument('-f', '--params', required=True, help='YAML parameter file with a model: mapping (e.g. '
+                   'params/gpu_full.yaml)')
     p.add_argument('--batch', type=int, default=1, help='batch size for the traced shapes (default 1)')
     args = p.parse_args(argv)
     try: cfg, n_samples = detector_input(args.params)

@@ -142,15 +142,18 @@ class NormStats:
         try: d = json.loads(path.read_text())
         except json.JSONDecodeError as e: raise ValueError(f'{path}: not valid JSON ({e})') from None
         if not isinstance(d, dict) or not {'mean', 'std'} <= d.keys():
-            raise ValueError(f"{path}: a statistics file needs the fields 'mean' and 'std'; recreate it with `{_regenerate_hint(out=path)}`")
+            raise ValueError(f"{path}: a statistics file needs the fields 'mean' and 'std'; recreate it with "
+                             f"`{_regenerate_hint(out=path)}`")
         if 'format' not in d:
             warnings.warn(f'{path}: legacy statistics (only mean and std): no unit, corpus, split or channels, so the '
                           f'audit can check only their scale. Regenerate them with `{_regenerate_hint()}`.',
                           NoProvenanceWarning, stacklevel=2)
             return cls(d['mean'], d['std'], path=str(path))
         if d['format'] != FORMAT:
-            raise ValueError(f"{path}: format {d['format']!r} is not {FORMAT!r}; recreate it with `{_regenerate_hint(out=path)}`")
-        return cls(d['mean'], d['std'], d.get('unit'), d.get('channels'), d.get('n_samples'), d.get('provenance') or {}, str(path))
+            raise ValueError(f"{path}: format {d['format']!r} is not {FORMAT!r}; recreate it with "
+                             f"`{_regenerate_hint(out=path)}`")
+        return cls(d['mean'], d['std'], d.get('unit'), d.get('channels'), d.get('n_samples'), d.get('provenance') or {},
+                   str(path))
 
 # %% ../nbs/api/05_normalization.ipynb #a2caa9a5
 def _open_cache(cache):
@@ -247,7 +250,8 @@ def provenance_differences(stats: NormStats, provenance: dict | None) -> dict:
     "Fields of `CHECKED_PROVENANCE` present on both sides that differ (None = 'no notch' counts): field -> [statistics, data]."
     mine = stats.provenance | {k: v for k, v in (('unit', stats.unit), ('channels', stats.channels)) if v is not None}
     theirs = provenance or {}
-    return {k: [mine[k], theirs[k]] for k in CHECKED_PROVENANCE if k in mine and k in theirs and not _same(mine[k], theirs[k])}
+    return {k: [mine[k], theirs[k]] for k in CHECKED_PROVENANCE if k in mine and k in theirs
+            and not _same(mine[k], theirs[k])}
 
 def _unit_factor(ratio: float) -> int | None:
     "3 or 6 (signed) when `ratio` is within a factor 3 of 1e±3 or 1e±6, else None."
@@ -260,14 +264,17 @@ def _nonfinite_reasons(stats, raw, z, channels, hint) -> list[str]:
     out, name = [], lambda idx, names: ', '.join(names[i] for i in idx)
     bad = np.atleast_1d(~np.isfinite(stats.mean) | ~np.isfinite(stats.std) | ~(stats.std > 0))
     if bad.any():
-        which = 'the scalar pair' if stats.n_channels is None else name(np.flatnonzero(bad), stats.channels or [f'channel {i}' for i in range(bad.size)])
+        which = 'the scalar pair' if stats.n_channels is None else name(np.flatnonzero(bad), stats.channels
+                                                                        or [f'channel {i}' for i in range(bad.size)])
         out.append(f'The statistics hold a non-finite mean or std, or a std that is not > 0 ({which}): normalising '
                    f'divides by it. Recompute them with `{hint}`.')
     if (n := int(raw.n_nonfinite.sum())):
-        out.append(f'The data sample holds {n} non-finite values (channels {name(np.flatnonzero(raw.n_nonfinite), channels)}): '
+        out.append(f'The data sample holds {n} non-finite values (channels '
+                   f'{name(np.flatnonzero(raw.n_nonfinite), channels)}): '
                    'a cache must not; rebuild it (build-cache skips and reports such recordings).')
     if (n := int(z.n_nonfinite.sum() - raw.n_nonfinite.sum())) > 0 and not bad.any():
-        out.append(f'Normalising turns {n} finite values into inf or NaN: the statistics overflow float32 on this data. '
+        out.append(f'Normalising turns {n} finite values into inf or NaN: the statistics overflow float32 on this '
+                   f'data. '
                    f'Recompute them on this data with `{hint}`.')
     return out
 
@@ -276,9 +283,12 @@ def _scale_reasons(amplification, mean_shift, raw_all, stats, thresholds, hint) 
     stats_std = float(np.sqrt(np.mean(stats.std**2)))
     looks_zscored = 0.8 <= raw_all.std[0] <= 1.25 and abs(raw_all.mean[0]) < 0.1 and not 0.5 <= stats_std <= 2
     if not lo <= amplification <= hi:
-        out.append(f'Normalised data would have std {_fmt(amplification)} (expected 1, allowed {lo}-{hi}): the statistics '
-                   f'(std {stats_std:.4g}{unit}) describe data of another scale than this sample (std {raw_all.std[0]:.4g}). '
-                   + ('This data looks already z-scored (mean ~0, std ~1): normalise it once, not twice. ' if looks_zscored else '')
+        out.append(f'Normalised data would have std {_fmt(amplification)} (expected 1, allowed {lo}-{hi}): the '
+                   f'statistics '
+                   f'(std {stats_std:.4g}{unit}) describe data of another scale than this sample (std '
+                   f'{raw_all.std[0]:.4g}). '
+                   + ('This data looks already z-scored (mean ~0, std ~1): normalise it once, not twice. '
+                      if looks_zscored else '')
                    + f'Use statistics computed on this cache: `{hint}`.')
     if abs(mean_shift) > thresholds['max_mean_shift']:
         out.append(f'Normalised data would have mean {mean_shift:+.4g} (allowed ±{thresholds["max_mean_shift"]}): the '
@@ -290,7 +300,8 @@ def _unit_reasons(scale_ratio, stats, provenance, hint) -> list[str]:
     out = []
     if (k := _unit_factor(scale_ratio)) is not None:
         out.append(f'The data std is {scale_ratio:.3g} times the statistics std, a factor 1e{k}: a unit mismatch '
-                   '(V vs µV is 1e6, mV vs µV 1e3). Compute the statistics in the unit of the data, or convert the data.')
+                   '(V vs µV is 1e6, mV vs µV 1e3). Compute the statistics in the unit of the data, or convert the '
+                   'data.')
     unit = (provenance or {}).get('unit')
     if stats.unit and unit and stats.unit != unit:
         out.append(f'The statistics are in {stats.unit}, the data in {unit}: recompute them on this cache '
@@ -301,7 +312,8 @@ def _provenance_reasons(diffs: dict, hint) -> list[str]:
     def say(k, a, b):
         if k == 'channels':
             return (f'The statistics were computed on channels {", ".join(a)}; the data has {", ".join(b)}'
-                    f'{" (same names, another order)" if sorted(a) == sorted(b) else ""}: each channel would get another '
+                    f'{" (same names, another order)" if sorted(a) == sorted(b) else ""}: each channel would get '
+                    f'another '
                     "channel's mean and std.")
         return f'The statistics were computed with {k} = {a!r}, the data has {k} = {b!r}.'
     return [f'{say(k, a, b)} Recompute them on data preprocessed like this data: `{hint}`.'
@@ -405,7 +417,8 @@ def audit_norm(stats: NormStats, windows, provenance: dict | None = None, *, rec
     if fp16_risk:
         sentence = (f'The largest normalised value is {_fmt(max_abs)}: in float16 (max 65504) '
                     f'{"it" if max_abs > FP16_MAX else "its square"} overflows to inf, then NaN.')
-        if precision == 'fp16': reasons.append(f'{sentence} Fix the statistics, or train in bf16 or fp32 if such values are genuine.')
+        if precision == 'fp16': reasons.append(f'{sentence} Fix the statistics, or train in bf16 or fp32 if such '
+                                               f'values are genuine.')
         else: notes.append(f'{sentence} Harmless in {precision}, fatal in fp16 mixed precision.')
     lo, hi = amplification_range
     if measured and lo <= amplification <= hi and not (len(off_channels) or len(off_recordings)):
@@ -417,7 +430,8 @@ def audit_norm(stats: NormStats, windows, provenance: dict | None = None, *, rec
                              'check them.')
     if stats.legacy: notes.append(f'The statistics carry no provenance (legacy file): only their scale was checked. '
                                   f'Regenerate them with `{hint}`.')
-    if not provenance: notes.append('The data came without provenance: unit, corpus and preprocessing were not compared.')
+    if not provenance: notes.append('The data came without provenance: unit, corpus and preprocessing were not '
+                                    'compared.')
     return AuditReport('mismatch' if reasons else 'ok', amplification, mean_shift, bool(unit_reasons),
                        bool(provenance_reasons or 'unit' in diffs), bool(nonfinite_reasons), fp16_risk, reasons, notes,
                        max_abs, scale_ratio, float(rp.mean[0]), float(rp.std[0]), n, T, precision, stats.path, diffs,
@@ -425,7 +439,8 @@ def audit_norm(stats: NormStats, windows, provenance: dict | None = None, *, rec
                        [channels[i] for i in off_channels], thresholds)
 
 # %% ../nbs/api/05_normalization.ipynb #70d35e6a
-def plot_audit(windows, stats: NormStats, report: AuditReport, title: str = '', bins: int = 80, max_values: int = 50_000):
+def plot_audit(windows, stats: NormStats, report: AuditReport, title: str = '', bins: int = 80,
+               max_values: int = 50_000):
     "Per-channel histograms of `windows` (N, C, T) before and after `stats.apply`, and amplification per channel."
     import matplotlib.pyplot as plt
     windows = np.asarray(windows)
@@ -433,7 +448,8 @@ def plot_audit(windows, stats: NormStats, report: AuditReport, title: str = '', 
     channels = report.per_channel['channels']
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.4), gridspec_kw={'width_ratios': [1, 1, 1.2]})
     colors = plt.cm.viridis(np.linspace(0, 1, len(channels)))
-    for ax, data, label in ((axes[0], windows, f'before ({stats.unit or "data unit"})'), (axes[1], z, 'after normalisation')):
+    for ax, data, label in ((axes[0], windows, f'before ({stats.unit or "data unit"})'),
+                            (axes[1], z, 'after normalisation')):
         if data is None: continue
         for c, color in enumerate(colors):
             v = data[:, c].ravel()
@@ -450,7 +466,8 @@ def plot_audit(windows, stats: NormStats, report: AuditReport, title: str = '', 
     axes[2].axhspan(lo, hi, color='green', alpha=0.15)
     axes[2].set(yscale='log', ylabel='amplification (std after)', xticks=range(len(channels)))
     axes[2].set_xticklabels(channels, rotation=90, fontsize=7)
-    fig.suptitle(f'{title}: {report.verdict}, amplification {_fmt(report.amplification) if report.amplification else "n/a"}')
+    fig.suptitle(f'{title}: {report.verdict}, amplification '
+                 f'{_fmt(report.amplification) if report.amplification else "n/a"}')
     fig.tight_layout()
     return fig
 
@@ -488,7 +505,8 @@ def sample_windows(cache, n_windows: int = 64, window_s: float | None = None, st
     "float32 (N, C, T): up to `n_windows` windows of `cache` (window, stride: the cache's, else 60 s and 10 s)."
     return sample_windows_with_tokens(cache, n_windows, window_s, stride_s, seed)[0]
 
-def audit_cache(stats, cache, *, n_windows: int = 64, window_s: float | None = None, stride_s: float | None = None, seed: int = 0,
+def audit_cache(stats, cache, *, n_windows: int = 64, window_s: float | None = None, stride_s: float | None = None,
+                seed: int = 0,
                 **audit_kw) -> AuditReport:
     "`audit_norm` on `n_windows` windows sampled from `cache` (or its folder), its config as provenance, per recording."
     cache = _open_cache(cache)
@@ -524,7 +542,8 @@ def norm_stats_cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr norm-stats', description=norm_stats_cli.__doc__)
     p.add_argument('--cache-dir', required=True, help='a cache written by build-cache')
     p.add_argument('--out', required=True, help='statistics file to write (JSON)')
-    p.add_argument('--chunk-samples', type=positive_int, default=2**16, help='samples per channel read at a time (memory)')
+    p.add_argument('--chunk-samples', type=positive_int, default=2**16,
+                   help='samples per channel read at a time (memory)')
     a = p.parse_args(argv)
     try:
         stats = compute_norm_stats(a.cache_dir, a.chunk_samples)
@@ -547,7 +566,8 @@ def audit_norm_cli(argv: list[str] | None = None) -> int:
     p.add_argument('--window-s', type=float, default=None, help="window length in s (default: the cache's, else 60)")
     p.add_argument('--stride-s', type=float, default=None, help="stride in s (default: the cache's, else 10)")
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--precision', choices=PRECISIONS, default='fp16', help='what training computes in (fp16: overflow risk is a mismatch)')
+    p.add_argument('--precision', choices=PRECISIONS, default='fp16',
+                   help='what training computes in (fp16: overflow risk is a mismatch)')
     a = p.parse_args(argv)
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -196,9 +196,11 @@ def validate_cli(argv: list[str] | None = None) -> int:
             print(f'{f}: ok (run {p.run_name!r}, {p.epochs} epochs, batch {p.batch_size}, window {p.window_s:g} s, '
                   f'mixed precision {p.precision_dtype if p.mixed_precision else "off"})')
         except OSError as e:
-            print(f'{f}: {e.strerror or e}', file=sys.stderr); bad += 1
+            print(f'{f}: {e.strerror or e}', file=sys.stderr)
+            bad += 1
         except ValueError as e:
-            print(e, file=sys.stderr); bad += 1
+            print(e, file=sys.stderr)
+            bad += 1
     return 1 if bad else 0
 
 # %% ../nbs/api/00_params.ipynb #f5a6b7c8

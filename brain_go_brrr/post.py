@@ -97,7 +97,8 @@ def probs_to_events_sweep(probs, sfreq: float, thresholds: Sequence[float], post
     """`probs_to_events` at each of `thresholds` used as `threshold_on`, with `threshold_off` kept the same
     distance below it (at least 0); smoothing is done once."""
     p = post_params_with_defaults(post_params)
-    _check_post_params(sfreq, p['smooth_s'], p['threshold_on'], p['threshold_off'], p['min_duration_s'], p['merge_gap_s'])
+    _check_post_params(sfreq, p['smooth_s'], p['threshold_on'], p['threshold_off'], p['min_duration_s'],
+                       p['merge_gap_s'])
     s = smooth_probs(probs, sfreq, p['smooth_s'])
     ons = np.asarray(thresholds, dtype=float)
     offs = np.maximum(ons - (p['threshold_on'] - p['threshold_off']), 0.0)

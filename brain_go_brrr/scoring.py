@@ -195,7 +195,8 @@ def taes_counts(ref, hyp, label: str = SEIZ) -> Counts:
 # %% ../nbs/api/10_scoring.ipynb #415b1393
 def _labels_at(timeline, t):
     "The label of the first event containing each time in `t` (NEDC's lookup; none found -> the last event)."
-    starts = np.array([s for s, _, _ in timeline]); stops = np.array([e for _, e, _ in timeline])
+    starts = np.array([s for s, _, _ in timeline])
+    stops = np.array([e for _, e, _ in timeline])
     idx = np.searchsorted(stops, t, side='left')
     found = idx < len(stops)
     found[found] = starts[idx[found]] <= t[found]
@@ -435,7 +436,8 @@ def _reference_timelines(tokens, ref_events, durations) -> dict:
         if token not in ref_events or token not in durations:
             raise ValueError(f'recording {token!r} has probabilities but no reference events or duration; '
                              'pass ref_events and durations for every token (an empty list means no seizure)')
-    return {t: nedc_timeline(Annotation(check_events(ref_events[t], durations[t], [f'{t}: event {k}' for k in range(len(ref_events[t]))]),
+    return {t: nedc_timeline(Annotation(check_events(ref_events[t], durations[t],
+                                                     [f'{t}: event {k}' for k in range(len(ref_events[t]))]),
                                         float(durations[t]), t)) for t in tokens}
 
 
@@ -485,7 +487,8 @@ def report_at_points(points: Mapping[str, dict], probs_by_token, ref_events, dur
     scorers = sorted({name for per in points.values() for name in per})
     rows = {row['threshold']: row for row in
             threshold_sweep(probs_by_token, ref_events, durations, sfreq, post_params, chosen, scorers)}
-    return {target: {name: dict(p) if p['threshold'] is None else {'threshold': p['threshold'], **rows[p['threshold']][name]}
+    return {target: {name: dict(p) if p['threshold'] is None
+                     else {'threshold': p['threshold'], **rows[p['threshold']][name]}
                      for name, p in per.items()} for target, per in points.items()}
 
 # %% ../nbs/api/10_scoring.ipynb #7aa5f00f

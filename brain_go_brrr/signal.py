@@ -73,7 +73,9 @@ def read_edf_header(path) -> dict:
                           "7 spaces) nor BDF (0xFF 'BIOSEMI'); the file is damaged or in another format")
     try:
         ns = int(head[252:256])
-        with open(path, 'rb') as f: f.seek(256); signals = f.read(256 * max(ns, 0))
+        with open(path, 'rb') as f:
+            f.seek(256)
+            signals = f.read(256 * max(ns, 0))
         field = lambda at, width: [signals[ns * at + i * width:ns * at + (i + 1) * width] for i in range(ns)]
         return dict(format=fmt, reserved=head[192:236].decode('latin-1').strip(), n_header=int(head[184:192]),
                     n_records=int(head[236:244]), labels=[x.decode('latin-1').strip() for x in field(0, 16)],
@@ -185,9 +187,11 @@ class EegReader:
         if header:
             _check_not_truncated(path, header)
             _check_continuous(path, header)
-        elif unit is not None: raise ValueError(f'{path}: unit= is for EDF and BDF files; MNE reads the unit of this one')
+        elif unit is not None: raise ValueError(f'{path}: unit= is for EDF and BDF files; MNE reads the unit of this '
+                                                f'one')
         try:
-            self.raw = _open_raw(path, header['format']) if header else mne.io.read_raw(path, preload=False, verbose='error')
+            self.raw = _open_raw(path, header['format']) if header else mne.io.read_raw(path, preload=False,
+                                                                                        verbose='error')
         except Exception as e:
             raise SignalError(f'{path}: cannot read the EDF header ({type(e).__name__}: {e})') from e
         labels = [l for l in header['labels'] if l not in ANNOTATION_LABELS] if header else self.raw.ch_names

@@ -159,9 +159,11 @@ def background(rng, subject: Subject, electrodes, n_times, sfreq, spans) -> np.n
     same_side = np.sign(x_pos) == np.sign(POSITIONS[subject.focus][0])
     alpha_w = ((0.15 + around(electrodes, (0, -0.9), 0.5)) * (1 - subject.asymmetry * same_side)).astype(np.float32)
     slow_w = (0.3 + around(electrodes, (0, 0.3), 0.6)).astype(np.float32)
-    x = spatially_correlated(shaped_noise(rng, n, n_times, sfreq, pink(subject.slope + rng.normal(0, 0.05))), electrodes, 0.45)
+    x = spatially_correlated(shaped_noise(rng, n, n_times, sfreq, pink(subject.slope + rng.normal(0, 0.05))),
+                             electrodes, 0.45)
     alpha = shaped_noise(rng, n, n_times, sfreq, band(subject.alpha_hz + rng.normal(0, 0.2), 0.5))
-    x += subject.alpha_gain * alpha_w[:, None] * spatially_correlated(alpha, electrodes, 0.7, 0.05) * state_gain(spans, 0, n_times, sfreq)
+    x += subject.alpha_gain * alpha_w[:, None] * spatially_correlated(alpha, electrodes, 0.7, 0.05) * state_gain(spans,
+                                                                                                                 0, n_times, sfreq)
     theta = spatially_correlated(shaped_noise(rng, n, n_times, sfreq, band(5.0, 1.8)), electrodes, 0.6)
     x += slow_w[:, None] * theta * state_gain(spans, 1, n_times, sfreq)
     delta_w = (state_gain(spans, 2, n_times, sfreq)[None] * slow_w[:, None] + subject.slowing
@@ -186,7 +188,8 @@ def eye_artifacts(rng, electrodes, n_times, sfreq, spans) -> np.ndarray:
     "Blinks and lateral eye movements (µV)."
     x = np.zeros((len(electrodes), n_times), np.float32)
     eyes = (0, 1.35)
-    frontal = np.minimum(1.3, np.exp(-(distances(electrodes, eyes)[:, 0] ** 2 - distances(['FP1'], eyes)[0, 0] ** 2) / 0.5))
+    frontal = np.minimum(1.3, np.exp(-(distances(electrodes, eyes)[:, 0] ** 2 - distances(['FP1'],
+                                                                                          eyes)[0, 0] ** 2) / 0.5))
     for t in events(rng, spans, 3, n_times / sfreq):
         n = int(rng.uniform(0.25, 0.45) * sfreq)
         _add_at(x, frontal, t * sfreq, rng.uniform(80, 250) * 0.5 * (1 - np.cos(2 * np.pi * np.arange(n) / n)))
@@ -202,8 +205,10 @@ def muscle(rng, electrodes, n_times, sfreq, spans) -> np.ndarray:
     x = np.zeros((len(electrodes), n_times), np.float32)
     for t in events(rng, spans, 5, n_times / sfreq):
         n = min(int(rng.uniform(0.5, 5.0) * sfreq), n_times - int(t * sfreq))
-        sides = {'left': [(-1, 0.1)], 'right': [(1, 0.1)], 'both': [(-1, 0.1), (1, 0.1)]}[rng.choice(['left', 'right', 'both'])]
-        w = np.max([around(electrodes, s, 0.45) for s in sides], 0) * np.where(np.isin(electrodes, ('A1', 'A2')), 0.5, 1)
+        sides = {'left': [(-1, 0.1)], 'right': [(1, 0.1)], 'both': [(-1, 0.1),
+                                                                    (1, 0.1)]}[rng.choice(['left', 'right', 'both'])]
+        w = np.max([around(electrodes, s, 0.45) for s in sides], 0) * np.where(np.isin(electrodes, ('A1', 'A2')), 0.5,
+                                                                               1)
         taper = np.minimum(1, np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.1 * sfreq))
         noise = shaped_noise(rng, len(electrodes), max(n, 2), sfreq, passband(20, min(100, 0.45 * sfreq)))[:, :n]
         x[:, int(t * sfreq):int(t * sfreq) + n] += rng.uniform(10, 60) * w[:, None] * noise * taper
@@ -222,7 +227,8 @@ def electrode_pops(rng, electrodes, n_times, sfreq, rate=0.8) -> np.ndarray:
 def line_noise(rng, n_rows, n_times, sfreq) -> np.ndarray:
     "60 Hz mains (µV), different on every electrode because impedances differ."
     amp = rng.uniform(0, 3) * rng.uniform(0.3, 1.5, n_rows)
-    return (amp[:, None] * np.sin(2 * np.pi * 60 * np.arange(n_times) / sfreq + rng.uniform(0, 2 * np.pi))).astype(np.float32)
+    return (amp[:, None] * np.sin(2 * np.pi * 60 * np.arange(n_times) / sfreq
+                                  + rng.uniform(0, 2 * np.pi))).astype(np.float32)
 
 # %% ../nbs/api/03_synth.ipynb #d48de74b
 @dataclass(frozen=True)
@@ -370,12 +376,14 @@ def tusz_labels(rng, reference='REF', channels=TUSZ_ORDER) -> dict[str, str]:
     return {k: special.get(k, f'EEG {TEN_TEN.get(k, k) if ten_ten else k}-{reference}') for k in order}
 
 # %% ../nbs/api/03_synth.ipynb #f6127451
-def write_edf(path, signals: dict[str, np.ndarray], sfreq, unit='uV', limit=5000.0, patient=None, startdate=None) -> Path:
+def write_edf(path, signals: dict[str, np.ndarray], sfreq, unit='uV', limit=5000.0, patient=None,
+              startdate=None) -> Path:
     "An EDF with one signal per label, 1-s data records, physical range ±`limit` `unit`."
     path = Path(path)
     for label, x in signals.items():
         if np.abs(x).max() > limit:
-            raise ValueError(f'{path}: channel {label!r} reaches {np.abs(x).max():.4g} {unit}, beyond the physical range '
+            raise ValueError(f'{path}: channel {label!r} reaches {np.abs(x).max():.4g} {unit}, beyond the physical '
+                             f'range '
                              f'±{limit}; lower the artifact amplitudes or raise `limit`')
     edf = edfio.Edf([edfio.EdfSignal(np.asarray(x, np.float64), sfreq, label=label, physical_dimension=unit,
                                      physical_range=(-limit, limit)) for label, x in signals.items()],
@@ -445,7 +453,8 @@ def split_subjects(names, held_out=(('dev', 1 / 6), ('eval', 1 / 6))) -> dict[st
     "Subject -> split: each held-out split gets its fraction (at least one subject), train the rest."
     sizes = {split: max(1, round(len(names) * f)) for split, f in held_out}
     if len(names) < 1 + sum(sizes.values()):
-        raise ValueError(f'subjects={len(names)} is too few for train + {" + ".join(sizes)}: use at least {1 + sum(sizes.values())}')
+        raise ValueError(f'subjects={len(names)} is too few for train + {" + ".join(sizes)}: use at least '
+                         f'{1 + sum(sizes.values())}')
     splits = ['train'] * (len(names) - sum(sizes.values())) + [s for s, k in sizes.items() for _ in range(k)]
     return dict(zip(names, splits))
 
@@ -461,7 +470,8 @@ MONTAGES = {'01_tcp_ar': ('REF', 'nedc_eas_default_montage.txt'), '02_tcp_le': (
 
 def _check_seconds(seconds):
     if not 30 <= seconds[0] <= seconds[1]:
-        raise ValueError(f'seconds={tuple(seconds)}: need 30 <= min <= max (a 10-s seizure needs 10 s clear of each edge)')
+        raise ValueError(f'seconds={tuple(seconds)}: need 30 <= min <= max (a 10-s seizure needs 10 s clear of each '
+                         f'edge)')
 
 def synth_tusz(out_dir, subjects: int = 24, seed: int = 0, seconds: tuple[float, float] = (300, 600),
                sfreqs=SFREQS, montages=tuple(MONTAGES)) -> Path:
@@ -491,7 +501,8 @@ def synth_tusz(out_dir, subjects: int = 24, seed: int = 0, seconds: tuple[float,
                     labels = tusz_labels(rrng, reference)
                     path = (out / 'edf' / splits[name] / name / f's{s + 1:03d}_{year}' / montage /
                             f'{name}_s{s + 1:03d}_t{t:03d}.edf')
-                    write_edf(path, {labels[k]: signals[k] for k in labels}, sfreq, patient=edf_patient(rrng, subject, year),
+                    write_edf(path, {labels[k]: signals[k] for k in labels}, sfreq,
+                              patient=edf_patient(rrng, subject, year),
                               startdate=dt.date(year, 1 + int(rrng.integers(12)), 1 + int(rrng.integers(28))))
                     write_annotations(path, length, seizures, montage_file)
     return _write_once(out, dict(corpus='tusz', subjects=subjects, seed=seed, seconds=list(seconds),
@@ -517,9 +528,11 @@ def corpus_summary(root) -> dict:
 def synth_tusz_cli(argv: list[str] | None = None) -> int:
     "`synth-tusz OUT_DIR [--subjects N] [--seed S] [--seconds MIN MAX]`: write a synthetic TUSZ corpus."
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr synth-tusz',
-                                description='Write a synthetic corpus in the TUSZ v2.0.x on-disk format (EDF, .csv_bi, .csv).')
+                                description='Write a synthetic corpus in the TUSZ v2.0.x on-disk format (EDF, .csv_bi, '
+                                '.csv).')
     p.add_argument('out_dir', help='folder to write (empty, or made earlier with the same arguments)')
-    p.add_argument('--subjects', type=int, default=24, help='number of subjects, split ~2/3 train, 1/6 dev, 1/6 eval (default 24)')
+    p.add_argument('--subjects', type=int, default=24, help='number of subjects, split ~2/3 train, 1/6 dev, 1/6 eval '
+                   '(default 24)')
     p.add_argument('--seed', type=int, default=0, help='random seed; the same seed writes the same bytes (default 0)')
     p.add_argument('--seconds', type=float, nargs=2, default=(300, 600), metavar=('MIN', 'MAX'),
                    help='recording durations, drawn uniformly (default 300 600)')
@@ -542,7 +555,8 @@ def abnormal(rng, subject: Subject) -> Subject:
     kind = rng.choice(['diffuse', 'focal', 'both'])
     diffuse, focal = kind in ('diffuse', 'both'), kind in ('focal', 'both')
     return replace(subject, alpha_hz=subject.alpha_hz - (rng.uniform(1.5, 3.0) if diffuse else 0),
-                   slowing=rng.uniform(0.8, 1.5) if diffuse else 0.0, focal_slowing=rng.uniform(1.5, 2.5) if focal else 0.0,
+                   slowing=rng.uniform(0.8, 1.5) if diffuse else 0.0, focal_slowing=rng.uniform(1.5, 2.5) if focal
+                   else 0.0,
                    asymmetry=rng.uniform(0.3, 0.7) if focal else rng.uniform(0, 0.2))
 
 def synth_tuab(out_dir, subjects: int = 20, seed: int = 0, seconds: tuple[float, float] = (120, 300),
@@ -554,7 +568,8 @@ def synth_tuab(out_dir, subjects: int = 20, seed: int = 0, seconds: tuple[float,
     splits = split_subjects([str(n) for n in rng.permutation(names)], held_out=(('eval', 1 / 4),))
     ranks = {n: sum(1 for m in list(splits)[:i] if splits[m] == splits[n]) for i, n in enumerate(splits)}
     if min(sum(1 for s in splits.values() if s == split) for split in ('train', 'eval')) < 2:
-        raise ValueError(f'subjects={subjects} is too few: each split needs a normal and an abnormal subject; use at least 6')
+        raise ValueError(f'subjects={subjects} is too few: each split needs a normal and an abnormal subject; use at '
+                         f'least 6')
     def write():
         for i, name in enumerate(names):
             srng = np.random.default_rng([seed, 1, i])
@@ -570,7 +585,8 @@ def synth_tuab(out_dir, subjects: int = 20, seed: int = 0, seconds: tuple[float,
                 write_edf(out / 'edf' / splits[name] / label / '01_tcp_ar' / f'{name}_s{s + 1:03d}_t000.edf',
                           {labels[k]: signals[k] for k in labels}, sfreq, patient=edf_patient(rrng, subject, year + s),
                           startdate=dt.date(year + s, 1 + int(rrng.integers(12)), 1 + int(rrng.integers(28))))
-    return _write_once(out, dict(corpus='tuab', subjects=subjects, seed=seed, seconds=list(seconds), sfreqs=list(sfreqs)), write)
+    return _write_once(out, dict(corpus='tuab', subjects=subjects, seed=seed, seconds=list(seconds),
+                                 sfreqs=list(sfreqs)), write)
 
 # %% ../nbs/api/03_synth.ipynb #cc7977e2
 def synth_sleep_edf(out_dir, recordings: int = 4, seed: int = 0, seconds: float = 600) -> Path:
@@ -581,7 +597,8 @@ def synth_sleep_edf(out_dir, recordings: int = 4, seed: int = 0, seconds: float 
             rng = np.random.default_rng([seed, 2, k])
             subject = random_subject(np.random.default_rng([seed, 2, k // 2]), f'SC4{k // 2:02d}')
             n_times, spans = int(seconds * sfreq), vigilance(rng, seconds, ASLEEP, dwell=(30, 120))
-            x = background(rng, subject, electrodes, n_times, sfreq, spans) + eye_artifacts(rng, electrodes, n_times, sfreq, spans)
+            x = background(rng, subject, electrodes, n_times, sfreq, spans) + eye_artifacts(rng, electrodes, n_times,
+                                                                                            sfreq, spans)
             volts = {'EEG Fpz-Cz': (x[0] - x[1]) * 1e-6, 'EEG Pz-Oz': (x[2] - x[3]) * 1e-6}
             write_edf(out / f'SC4{k // 2:02d}{k % 2 + 1}E0-PSG.edf', volts, sfreq, unit='V', limit=0.001,
                       patient=edfio.Patient(code=subject.name), startdate=dt.date(1989 + k // 2 % 6, 3, 1 + k % 28))

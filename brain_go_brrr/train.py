@@ -61,7 +61,8 @@ def preflight(p: TrainParams, rank: int = 0) -> dict:
                          f'({scans["train"]["recordings"]} recordings); check data_dir and the .csv_bi files')
     stats = NormStats.load(p.norm_stats) if p.norm_stats else stats_of_training_cache(p)
     precision = ('fp16' if p.precision_dtype == 'float16' else 'bf16') if p.mixed_precision else 'fp32'
-    audit = gate_normalization(stats, cache_dir_of(p, 'train'), override=p.norm_override, log=log.info, precision=precision,
+    audit = gate_normalization(stats, cache_dir_of(p, 'train'), override=p.norm_override, log=log.info,
+                               precision=precision,
                                n_windows=p.audit_windows, window_s=p.window_s, stride_s=p.stride_s, seed=p.seed)
     return dict(scans=scans, stats=stats, audit=audit)
 
@@ -87,8 +88,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
                     or 'pos' in full.lower() or getattr(prm, '_no_weight_decay', False)):
                 no_decay.add(full)
     named = [(n, prm) for n, prm in model.named_parameters() if prm.requires_grad]
-    return [dict(params=[prm for n, prm in named if n not in no_decay], weight_decay=weight_decay, names=[n for n, _ in named if n not in no_decay]),
-            dict(params=[prm for n, prm in named if n in no_decay], weight_decay=0.0, names=[n for n, _ in named if n in no_decay])]
+    return [dict(params=[prm for n, prm in named if n not in no_decay], weight_decay=weight_decay,
+                 names=[n for n, _ in named if n not in no_decay]),
+            dict(params=[prm for n, prm in named if n in no_decay], weight_decay=0.0,
+                 names=[n for n, _ in named if n in no_decay])]
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
     "Learning-rate factor: linear warm-up to 1, then cosine to 0 at `total`."
@@ -103,7 +106,8 @@ def sanitize_gradients(model: torch.nn.Module) -> int:
         if prm.grad is not None:
             bad = ~torch.isfinite(prm.grad)
             if bad.any():
-                n += int(bad.sum()); prm.grad[bad] = 0.0
+                n += int(bad.sum())
+                prm.grad[bad] = 0.0
     return n
 
 # %% ../nbs/api/08_train.ipynb #16ba851c
@@ -117,16 +121,19 @@ class NanDebugger:
     "Forward hooks on every module; the first whose output is non-finite is recorded with the step and its input."
     def __init__(self, model: torch.nn.Module):
         self.first, self.step = None, 0
-        self.handles = [m.register_forward_hook(self._hook(name or type(m).__name__)) for name, m in model.named_modules()]
+        self.handles = [m.register_forward_hook(self._hook(name or type(m).__name__)) for name,
+                        m in model.named_modules()]
 
     def _hook(self, name):
         def hook(module, inputs, output):
             outs = output if isinstance(output, (tuple, list)) else (output,)
-            if self.first is None and any(torch.is_tensor(o) and o.is_floating_point() and not torch.isfinite(o).all() for o in outs):
+            if self.first is None and any(torch.is_tensor(o) and o.is_floating_point() and not torch.isfinite(o).all()
+                                          for o in outs):
                 x = next((i for i in inputs if torch.is_tensor(i)), None)
                 self.first = dict(module=name, type=type(module).__name__, step=self.step,
                                   input=_stats(x) if x is not None else None)
-                log.warning(f'nan_debug: first non-finite output at step {self.step} in {name} ({type(module).__name__}); '
+                log.warning(f'nan_debug: first non-finite output at step {self.step} in {name} '
+                            f'({type(module).__name__}); '
                             f'input {self.first["input"]}')
         return hook
 
@@ -196,11 +203,13 @@ def train_step(model, x, y, optimizer, scaler, autocast=nullcontext, grad_clip: 
         if sanitize: sanitized = sanitize_gradients(model)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
     # a scaler skips non-finite fp16 gradients itself; without one they must not reach the weights
-    skipped = skip_nonfinite and (not torch.isfinite(loss) or (not math.isfinite(grad_norm) and not scaler.is_enabled()))
+    skipped = skip_nonfinite and (not torch.isfinite(loss) or (not math.isfinite(grad_norm)
+                                                               and not scaler.is_enabled()))
     scaler_skipped = False
     if not skipped:
         scale = scaler.get_scale()
-        scaler.step(optimizer); scaler.update()
+        scaler.step(optimizer)
+        scaler.update()
         scaler_skipped = scaler.is_enabled() and scaler.get_scale() < scale
     return Step(loss.item(), grad_norm, skipped, scaler_skipped, sanitized, bool(torch.isfinite(logits).all()))
 
@@ -260,7 +269,9 @@ def batches_after(loader, done: int):
 
 # %% ../nbs/api/08_train.ipynb #06da95b2
 def seed_everything(seed: int) -> None:
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 def unwrap(model): return model.module if hasattr(model, 'module') else model
 
@@ -367,9 +378,12 @@ def train(p: TrainParams) -> dict:
     s = dict(epoch=0, batch=0, step=0, best=-math.inf, bad_epochs=0, nonfinite_steps=0, sanitized=0, edge_clamped=0,
              scaler_skipped=0, clipped_inputs=0, in_a_row=0, history=[], seconds=0.0, resumes=[])
     if ck:
-        unwrap(model).load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer'])
-        scheduler.load_state_dict(ck['scheduler']); scaler.load_state_dict(ck['scaler'])
-        set_rng_state(ck['rng']); s = {**s, **ck['state']}
+        unwrap(model).load_state_dict(ck['model'])
+        optimizer.load_state_dict(ck['optimizer'])
+        scheduler.load_state_dict(ck['scheduler'])
+        scaler.load_state_dict(ck['scaler'])
+        set_rng_state(ck['rng'])
+        s = {**s, **ck['state']}
         s['resumes'] = [*s['resumes'], dict(epoch=s['epoch'], step=s['step'], changed=changes)]
         log.info(f'resumed from {last} at epoch {s["epoch"]}, step {s["step"]}; changed: {changes}')
     seconds_before = s['seconds']  # the training time of the processes before this one
@@ -439,9 +453,12 @@ def train(p: TrainParams) -> dict:
             saved_at = time.time()
             if s['bad_epochs'] == 0 and s['history'] and 'dev_auroc' in s['history'][-1]: save_checkpoint(best_path, ck)
         if world > 1:
-            flag = [stop]; dist.broadcast_object_list(flag, 0); stop = flag[0]
+            flag = [stop]
+            dist.broadcast_object_list(flag, 0)
+            stop = flag[0]
         if stop:
-            log.info(f'early stopping: {p.monitor} did not improve for {p.patience} evaluations'); break
+            log.info(f'early stopping: {p.monitor} did not improve for {p.patience} evaluations')
+            break
 
     if debugger: debugger.remove()
     if writer: writer.close()
@@ -456,7 +473,8 @@ def monitored(metrics: dict, name: str) -> float:
     "The watched metric; an unknown name is an error (the reference watched a key it never wrote)."
     if name in metrics and not isinstance(metrics[name], dict): return float(metrics[name])
     head, _, key = name.rpartition('.')
-    if head in metrics and isinstance(metrics[head], dict) and key in metrics[head]: return float(metrics[head][key] or 0.0)
+    if head in metrics and isinstance(metrics[head], dict) and key in metrics[head]: return float(metrics[head][key]
+                                                                                                  or 0.0)
     raise KeyError(f'monitor {name!r} is not a metric the evaluation writes; use one of '
                    f'{[k for k, v in metrics.items() if not isinstance(v, dict)] + [f"{k}.{j}" for k, v in metrics.items() if isinstance(v, dict) for j in v]}')
 
@@ -476,7 +494,8 @@ def final_metrics(p, s, pre, world) -> dict:
     return dict(dev_auroc=best.get('dev_auroc'), dev_sens_at_fa=best.get('dev_sens_at_fa'),
                 dev_operating_points=best.get('dev_operating_points'), last_dev_auroc=last.get('dev_auroc'),
                 epochs=s['epoch'], steps=s['step'], **counters(s),
-                mixed_precision=p.mixed_precision, precision_dtype=p.precision_dtype if p.mixed_precision else 'float32',
+                mixed_precision=p.mixed_precision, precision_dtype=p.precision_dtype if p.mixed_precision
+                else 'float32',
                 normalization_audit=pre['audit'].verdict, normalization_override=bool(pre['audit'].overridden),
                 normalization_report=pre['audit'].to_dict(), seconds=seconds,
                 windows_per_second=s['step'] * p.batch_size * world / max(seconds, 1e-9),
@@ -486,7 +505,8 @@ def final_metrics(p, s, pre, world) -> dict:
 def environment() -> dict:
     import mne, torch_geometric
     return dict(python=platform.python_version(), platform=platform.platform(), brain_go_brrr=__version__,
-                torch=torch.__version__, torch_geometric=torch_geometric.__version__, mne=mne.__version__, numpy=np.__version__,
+                torch=torch.__version__, torch_geometric=torch_geometric.__version__, mne=mne.__version__,
+                numpy=np.__version__,
                 device=torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
                 cuda=torch.version.cuda, threads=torch.get_num_threads())
 
@@ -507,7 +527,8 @@ def train_cli(argv: list[str] | None = None) -> int:
     "`train -f PARAMS.yaml [-p key=value ...]`"
     ap = argparse.ArgumentParser(prog='python -m brain_go_brrr train', description='Train the detector.')
     ap.add_argument('-f', '--params', help='YAML parameter file')
-    ap.add_argument('-p', '--param', action='append', default=[], metavar='KEY=VALUE', help='override one parameter (YAML value)')
+    ap.add_argument('-p', '--param', action='append', default=[], metavar='KEY=VALUE',
+                    help='override one parameter (YAML value)')
     a = ap.parse_args(argv)
     overrides = dict(override_of(kv) for kv in a.param)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
@@ -522,14 +543,19 @@ def plot_curves(history: list[dict], path=None):
     steps = [h for h in history if 'loss' in h]
     evals = [h for h in history if 'dev_auroc' in h]
     fig, ax = plt.subplots(1, 4, figsize=(16, 3.2))
-    ax[0].plot([h['step'] for h in steps], [h['loss'] for h in steps], lw=0.6); ax[0].set(title='training loss', xlabel='step', yscale='log')
-    ax[1].plot([h['step'] for h in steps], [h['lr'] for h in steps]); ax[1].set(title='learning rate', xlabel='step')
-    ax[2].plot([h['step'] for h in steps], [h['grad_norm'] for h in steps], lw=0.6); ax[2].set(title='gradient norm (before clipping)', xlabel='step', yscale='log')
+    ax[0].plot([h['step'] for h in steps], [h['loss'] for h in steps], lw=0.6)
+    ax[0].set(title='training loss', xlabel='step', yscale='log')
+    ax[1].plot([h['step'] for h in steps], [h['lr'] for h in steps])
+    ax[1].set(title='learning rate', xlabel='step')
+    ax[2].plot([h['step'] for h in steps], [h['grad_norm'] for h in steps], lw=0.6)
+    ax[2].set(title='gradient norm (before clipping)', xlabel='step', yscale='log')
     ax[3].plot([h['step'] for h in evals], [h['dev_auroc'] for h in evals], 'o-', label='dev AUROC')
     for k in ('10', '5', '1'):
         if evals and evals[0].get('dev_sens_at_fa'):
-            ax[3].plot([h['step'] for h in evals], [h['dev_sens_at_fa'][k] for h in evals], '.--', label=f'sens @ {k} FA/24h')
-    ax[3].set(title='dev', xlabel='step', ylim=(0, 1.02)); ax[3].legend(fontsize=7)
+            ax[3].plot([h['step'] for h in evals], [h['dev_sens_at_fa'][k] for h in evals], '.--',
+                       label=f'sens @ {k} FA/24h')
+    ax[3].set(title='dev', xlabel='step', ylim=(0, 1.02))
+    ax[3].legend(fontsize=7)
     fig.tight_layout()
     if path: fig.savefig(path, dpi=110)
     return fig
@@ -541,7 +567,8 @@ def plot_trace(probs: np.ndarray, labels: np.ndarray, sfreq: float, title: str =
     fig, ax = plt.subplots(figsize=(12, 2.6))
     ax.fill_between(t, 0, labels, step='post', color='tab:red', alpha=0.2, lw=0, label='reference seizure')
     ax.plot(t, probs, lw=0.8, label='P(seizure)')
-    ax.set(xlabel='time (s)', ylim=(-0.02, 1.02), title=title); ax.legend(loc='upper right', fontsize=8)
+    ax.set(xlabel='time (s)', ylim=(-0.02, 1.02), title=title)
+    ax.legend(loc='upper right', fontsize=8)
     fig.tight_layout()
     if path: fig.savefig(path, dpi=110)
     return fig

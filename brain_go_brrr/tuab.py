@@ -49,8 +49,10 @@ def parse_tuab_path(path, root) -> TuabFile:
     m = _TUAB_NAME.match(path.stem)
     if len(parts) < 3 or parts[0] not in TUAB_SPLITS or parts[1] not in TUAB_CLASSES or not m:
         raise ValueError(f'{path}: not in the TUAB layout edf/{{{",".join(TUAB_SPLITS)}}}/{{{",".join(TUAB_CLASSES)}}}/'
-                         '<montage>/<subject>_<session>_<token>.edf; move or rename it, or pass the TUAB root as data_dir')
-    return TuabFile(path, parts[0], parts[1], m['subject'], m['session'], m['token'], parts[2] if len(parts) > 3 else '')
+                         '<montage>/<subject>_<session>_<token>.edf; move or rename it, or pass the TUAB root as '
+                         'data_dir')
+    return TuabFile(path, parts[0], parts[1], m['subject'], m['session'], m['token'], parts[2] if len(parts) > 3
+                    else '')
 
 def discover_tuab(data_dir, split: str | None = None) -> list[TuabFile]:
     "Every EDF or BDF (any case) under `data_dir/edf/` (optionally one split), sorted by path."
@@ -68,7 +70,8 @@ def describe(files: list[TuabFile]) -> dict:
     return out | {f'{s} subjects': len({f.subject for f in files if f.split == s}) for s in TUAB_SPLITS}
 
 # %% ../nbs/api/01b_tuab.ipynb #ae80aa14
-def split_by_subject(files: list[TuabFile], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[TuabFile], list[TuabFile]]:
+def split_by_subject(files: list[TuabFile], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[TuabFile],
+                                                                                               list[TuabFile]]:
     "Train recordings -> (train, validation), subject-disjoint, stratified by subject label, seeded."
     if not 0 < val_fraction < 1: raise ValueError(f'val_fraction must be in (0, 1), got {val_fraction}')
     if (ev := [f for f in files if f.split != 'train']):
@@ -92,11 +95,13 @@ def load_tuab(f: TuabFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     return x, np.full(x.shape[1], f.target, np.uint8), dict(split=f.split, session=f.session, montage=f.montage,
                                                              sfreq_in=sfreq_in, label=f.label)
 
-def build_tuab_cache(data_dir, cache_dir, split: str = 'train', workers: int = 1, progress: bool = True, **preprocessing) -> Cache:
+def build_tuab_cache(data_dir, cache_dir, split: str = 'train', workers: int = 1, progress: bool = True,
+                     **preprocessing) -> Cache:
     "Cache every TUAB EDF of `split` not cached yet (resumes a killed build), through the TUSZ cache's build; returns the cache."
     files = discover_tuab(data_dir, split)
     if not files: raise FileNotFoundError(f'{Path(data_dir) / "edf" / split}: no .edf files found')
-    cache_files(files, cache_dir, preprocessing_config(data_dir, split, corpus='tuab', **preprocessing), load_tuab, workers, progress)
+    cache_files(files, cache_dir, preprocessing_config(data_dir, split, corpus='tuab', **preprocessing), load_tuab,
+                workers, progress)
     return open_cache(cache_dir)
 
 # %% ../nbs/api/01b_tuab.ipynb #92437e33
@@ -118,12 +123,14 @@ def summarize_cache(cache: Cache) -> dict:
     targets = [recording_target(cache, r) for r in cache.recordings]
     return dict(recordings=len(targets), normal=targets.count(0), abnormal=targets.count(1),
                 subjects=len({r.subject for r in cache.recordings}),
-                hours=sum(r.n_samples for r in cache.recordings) / cache.config['sfreq'] / 3600, failed=len(cache.failures))
+                hours=sum(r.n_samples for r in cache.recordings) / cache.config['sfreq'] / 3600,
+                failed=len(cache.failures))
 
 # %% ../nbs/api/01b_tuab.ipynb #bfb9eeee
 class TuabWindows(torch.utils.data.Dataset):
     "Windows (C, window) of cached TUAB recordings, each with its recording's label (0 normal, 1 abnormal)."
-    def __init__(self, cache: Cache, window_s: float = 4.0, stride_s: float | None = None, max_windows: int | None = None):
+    def __init__(self, cache: Cache, window_s: float = 4.0, stride_s: float | None = None,
+                 max_windows: int | None = None):
         self.cache, sfreq = cache, float(cache.config['sfreq'])
         self.window = int(round(window_s * sfreq))
         self.recordings = list(cache.recordings)

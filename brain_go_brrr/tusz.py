@@ -76,7 +76,8 @@ def recordings_under(data_dir, split: str | None, splits: tuple[str, ...], examp
 
 def discover(data_dir, split: str | None = None) -> list[EdfFile]:
     "Every TUSZ recording under `data_dir/edf/` (optionally one split), sorted by path."
-    return [parse_edf_path(p, data_dir) for p in recordings_under(data_dir, split, SPLITS, '--data-dir /data/tusz/v2.0.3')]
+    return [parse_edf_path(p, data_dir) for p in recordings_under(data_dir, split, SPLITS,
+                                                                  '--data-dir /data/tusz/v2.0.3')]
 
 # %% ../nbs/api/01_tusz.ipynb #38099c6e
 def subjects_in_several_splits(files: list[EdfFile]) -> dict[str, list[str]]:
