@@ -108,30 +108,36 @@ def run_worker(job, scan='ours', seconds=60, repeats=2, threads=2, model_name='v
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+KEYS = ('wall_s', 'cpu_s', 'peak_rss_mib', 'rss_before_step_mib')
+
+
+def alternating(pairs, first: dict, second: dict) -> tuple[list, dict, dict]:
+    "`pairs` rounds of the `first` then the `second` measurement, each a fresh process; the runs and each one's medians."
+    runs = [(run_worker(**first), run_worker(**second)) for _ in range(pairs)]
+    median = lambda who: {k: statistics.median(r[who][k] for r in runs) for k in KEYS}
+    return runs, median(0), median(1)
+
+
 def paired(job, pairs, repeats) -> dict:
     "`pairs` rounds of baseline then ours, each a fresh process; per-pair ratios baseline / ours."
-    runs = [(run_worker(job, 'baseline', repeats=repeats), run_worker(job, 'ours', repeats=repeats)) for _ in range(pairs)]
-    med = lambda key, who: statistics.median(r[who][key] for r in runs)
+    runs, baseline, ours = alternating(pairs, dict(job=job, scan='baseline', repeats=repeats),
+                                       dict(job=job, repeats=repeats))
     ratio = lambda key: statistics.median(b[key] / o[key] for b, o in runs)
-    return dict(baseline={k: med(k, 0) for k in ('wall_s', 'cpu_s', 'peak_rss_mib', 'rss_before_step_mib')},
-                ours={k: med(k, 1) for k in ('wall_s', 'cpu_s', 'peak_rss_mib', 'rss_before_step_mib')},
-                speedup_wall=ratio('wall_s'), memory_ratio=ratio('peak_rss_mib'), runs=runs)
+    return dict(baseline=baseline, ours=ours, speedup_wall=ratio('wall_s'), memory_ratio=ratio('peak_rss_mib'), runs=runs)
 
 
 def beside_baseline(pairs, repeats) -> dict:
     "`pairs` rounds of V3 then SeizureTransformer inference, each a fresh process; per-pair ratios ST / V3."
-    baseline = dict(repeats=repeats, model_name='seizure_transformer')
-    runs = [(run_worker('infer', repeats=repeats), run_worker('infer', **baseline)) for _ in range(pairs)]
-    keys = ('wall_s', 'cpu_s', 'peak_rss_mib')
-    med = lambda key, who: statistics.median(r[who][key] for r in runs)
-    return dict(v3={k: med(k, 0) for k in keys}, seizure_transformer={k: med(k, 1) for k in keys},
-                st_over_v3_wall=statistics.median(s['wall_s'] / v['wall_s'] for v, s in runs), runs=runs)
+    runs, v3, st = alternating(pairs, dict(job='infer', repeats=repeats),
+                               dict(job='infer', repeats=repeats, model_name='seizure_transformer'))
+    ratio = statistics.median(s['wall_s'] / v['wall_s'] for v, s in runs)
+    return dict(v3=v3, seizure_transformer=st, st_over_v3_wall=ratio, runs=runs)
 
 
 def memory_against_length(lengths=(15, 60, 240)) -> dict:
     "Peak memory of one training step (this project's scan) per window length, and the least-squares line through it."
     peaks = [run_worker('train', 'ours', seconds=s, repeats=1)['peak_rss_mib'] for s in lengths]
-    n, mx, my = len(lengths), sum(lengths) / len(lengths), sum(peaks) / len(peaks)
+    mx, my = sum(lengths) / len(lengths), sum(peaks) / len(peaks)
     slope = sum((x - mx) * (y - my) for x, y in zip(lengths, peaks)) / sum((x - mx) ** 2 for x in lengths)
     fitted = [my + slope * (x - mx) for x in lengths]
     return dict(seconds=list(lengths), peak_rss_mib=peaks, slope_mib_per_minute=slope * 60,
