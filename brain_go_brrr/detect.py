@@ -34,7 +34,7 @@ __all__ = ['log', 'STEP', 'EVAL_METRICS', 'DETECTOR_KEYS', 'TSV_COLUMNS', 'MNE_S
            'sens_at_fa', 'dev_metrics', 'LoadedDetector', 'load_detector', 'load_released_detector',
            'load_trained_detector', 'post_at', 'default_post', 'operating_point', 'write_szcore_tsv', 'Detection',
            'recording_start', 'detect_recording', 'profile_probabilities', 'plot_overview', 'plot_page', 'review_pages',
-           'write_figures', 'recordings_under', 'autocast_for', 'format_summary', 'detect_files', 'detect_cli']
+           'write_figures', 'recordings_to_detect', 'autocast_for', 'format_summary', 'detect_files', 'detect_cli']
 
 # %% ../nbs/api/09a_detect.ipynb #08c1defa
 STEP = 16
@@ -312,7 +312,7 @@ def write_figures(d: Detection, signal: PreprocessedEeg, channels: list[str], th
 # %% ../nbs/api/09a_detect.ipynb #5e15b329
 MNE_SUFFIXES = ('.fif', '.vhdr', '.set', '.gdf', '.cnt')  # besides EDF and BDF; compared lower-cased
 
-def recordings_under(paths) -> list[tuple[Path, Path]]:
+def recordings_to_detect(paths) -> list[tuple[Path, Path]]:
     "(recording, its output stem relative to the output folder) for files and folders, searched recursively."
     found = []
     for p in map(Path, paths):
@@ -351,7 +351,7 @@ def detect_files(det: LoadedDetector, paths, out_dir, point: dict, device='cpu',
                  precision: str = 'fp32', unit: str | None = None, figures: bool = True,
                  progress: bool = True) -> list[dict]:
     "Detect in every recording under `paths`; write each one's outputs under `out_dir`; one summary row each."
-    device, out_dir, recordings = torch.device(device), Path(out_dir), recordings_under(paths)  # refusals first
+    device, out_dir, recordings = torch.device(device), Path(out_dir), recordings_to_detect(paths)  # refusals first
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / 'operating_point.json').write_text(json.dumps(
         dict(checkpoint=str(det.path), probability_rate_hz=det.params.sfreq / STEP, **point), indent=1))
