@@ -4,45 +4,85 @@
 
 # %% ../nbs/api/08_train.ipynb #c3e88589
 from __future__ import annotations
-import argparse, json, logging, math, os, platform, random, time
+import argparse, json, logging, math, os, random, time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from . import __version__
 from .params import TrainParams, load_params
 from .tusz import check_splits
 from .cache import (STATS_FILE, build_cache, cache_lock, check_cache_splits, open_cache, scan_cache,
                                  format_scan, verify_cache)
-from torch.utils.data import DataLoader
 from .datasets import WindowDataset, BalancedSeizureDataset, make_loader
-from .normalization import NormStats, compute_norm_stats, gate_normalization
+from .normalization import AuditReport, NormStats, compute_norm_stats, gate_normalization
 from .model import build_detector
 from .checkpoints import load_checkpoint, save_checkpoint
 from .detect import STEP, clipping, dev_metrics, predict_cache, resolve_device
+from .reporting import flat_keys, log_scalars, tensorboard_writer, write_run
 from .runs import cache_dir_of, data_dir_of
 
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
-__all__ = ['log', 'NO_DECAY_MODULES', 'RESUME_MAY_CHANGE', 'NONFINITE_BATCHES_KEPT', 'COUNTERS', 'preflight',
-           'stats_of_training_cache', 'param_groups', 'warmup_cosine', 'sanitize_gradients', 'NanDebugger',
-           'clip_input', 'seizure_loss', 'loss_of', 'dev_loss', 'Step', 'train_step', 'setup_distributed', 'barrier',
-           'dev_probabilities', 'rng_state', 'set_rng_state', 'checkpoint_of', 'checkpoint_due', 'batches_after',
-           'seed_everything', 'unwrap', 'edges_clamped', 'TrainingDiverged', 'resume_changes', 'windows_of_batch',
-           'save_nonfinite_batch', 'tensorboard_writer', 'log_scalars', 'counters', 'train', 'monitored', 'diagnosis',
-           'final_metrics', 'environment', 'write_run', 'override_of', 'train_cli', 'plot_curves', 'plot_trace']
+__all__ = ['log', 'NO_DECAY_MODULES', 'COUNTERS', 'RESUME_MAY_CHANGE', 'NONFINITE_BATCHES_KEPT', 'setup_distributed', 'barrier',
+           'rank0_decides', 'stats_of_training_cache', 'Preflight', 'preflight', 'param_groups', 'warmup_cosine',
+           'seizure_loss', 'loss_of', 'dev_loss', 'sanitize_gradients', 'NanDebugger', 'clip_input', 'Step',
+           'train_step', 'Optimisation', 'dev_probabilities', 'TrainState', 'rng_state', 'set_rng_state', 'unwrap',
+           'checkpoint_of', 'resume_changes', 'resume', 'checkpoint_due', 'batches_after', 'windows_of_batch',
+           'save_nonfinite_batch', 'seed_everything', 'edges_clamped', 'monitored', 'TrainingDiverged', 'diagnosis',
+           'final_metrics', 'train', 'override_of', 'train_cli']
+
+# %% ../nbs/api/08_train.ipynb #8a151a12
+def setup_distributed(device: torch.device, timeout_minutes: float = 30.0) -> tuple[int, int]:
+    "(rank, world size); under torchrun, initialises the process group (collectives wait `timeout_minutes`)."
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=timedelta(minutes=timeout_minutes))
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+# %% ../nbs/api/08_train.ipynb #dc9c5ce1
+def barrier():
+    "Wait for every rank; a single process goes on."
+    if dist.is_available() and dist.is_initialized(): dist.barrier()
+
+# %% ../nbs/api/08_train.ipynb #bedffffd
+def rank0_decides(flag: bool, world: int) -> bool:
+    "Rank 0's `flag` on every rank: early stopping is decided where the metrics are."
+    if world == 1: return flag
+    box = [flag]
+    dist.broadcast_object_list(box, 0)
+    return box[0]
 
 # %% ../nbs/api/08_train.ipynb #5a8ab106
-def preflight(p: TrainParams, rank: int = 0) -> dict:
-    "Check everything knowable before step one; returns the scans and the normalisation audit."
+def stats_of_training_cache(p: TrainParams) -> NormStats:
+    "Statistics of the training cache, computed once and kept beside it."
+    path = cache_dir_of(p, 'train') / STATS_FILE
+    with cache_lock(path.parent):
+        cache = open_cache(path.parent)  # statistics of an older state of the cache are recomputed
+        if not path.exists() or NormStats.load(path).provenance.get('cache_fingerprint') != cache.fingerprint:
+            compute_norm_stats(cache).save(path)
+    return NormStats.load(path)
+
+# %% ../nbs/api/08_train.ipynb #218e2789
+@dataclass
+class Preflight:
+    "What the checks before step one found: the caches' scans, the statistics and their audit."
+    scans: dict  # split: what `scan_cache` counted
+    stats: NormStats
+    audit: AuditReport
+
+# %% ../nbs/api/08_train.ipynb #050f8c9a
+def preflight(p: TrainParams, rank: int = 0) -> Preflight:
+    "Check everything knowable before step one; builds missing caches (rank 0), audits the statistics."
     data_dir = data_dir_of(p)
     check_splits(data_dir)
     scans = {}
@@ -64,16 +104,7 @@ def preflight(p: TrainParams, rank: int = 0) -> dict:
     audit = gate_normalization(stats, cache_dir_of(p, 'train'), override=p.norm_override, log=log.info,
                                precision=precision,
                                n_windows=p.audit_windows, window_s=p.window_s, stride_s=p.stride_s, seed=p.seed)
-    return dict(scans=scans, stats=stats, audit=audit)
-
-def stats_of_training_cache(p: TrainParams) -> NormStats:
-    "Statistics of the training cache, computed once and kept beside it."
-    path = cache_dir_of(p, 'train') / STATS_FILE
-    with cache_lock(path.parent):
-        cache = open_cache(path.parent)  # statistics of an older state of the cache are recomputed
-        if not path.exists() or NormStats.load(path).provenance.get('cache_fingerprint') != cache.fingerprint:
-            compute_norm_stats(cache).save(path)
-    return NormStats.load(path)
+    return Preflight(scans, stats, audit)
 
 # %% ../nbs/api/08_train.ipynb #c5d074ac
 NO_DECAY_MODULES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm, torch.nn.Embedding)
@@ -93,10 +124,36 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             dict(params=[prm for n, prm in named if n in no_decay], weight_decay=0.0,
                  names=[n for n, _ in named if n in no_decay])]
 
+# %% ../nbs/api/08_train.ipynb #3819462a
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
     "Learning-rate factor: linear warm-up to 1, then cosine to 0 at `total`."
     if step < warmup: return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+# %% ../nbs/api/08_train.ipynb #55b1f6fc
+def seizure_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = 'bce', pos_weight: float | None = None,
+                 gamma: float = 2.0, alpha: float | None = None) -> torch.Tensor:
+    "Mean per-sample binary cross-entropy (`kind='bce'`) or focal loss; `pos_weight` weights the seizure term."
+    weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+    ce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=weight, reduction='none')
+    if kind == 'bce': return ce.mean()
+    p = torch.sigmoid(logits)
+    p_right = p * y + (1 - p) * (1 - y)
+    focal = (1 - p_right) ** gamma * ce
+    if alpha is not None: focal = (alpha * y + (1 - alpha) * (1 - y)) * focal
+    return focal.mean()
+
+# %% ../nbs/api/08_train.ipynb #c2a5a258
+def loss_of(p: TrainParams):
+    "The loss function `p` asks for, `(logits, y) -> loss`."
+    return partial(seizure_loss, kind=p.loss, pos_weight=p.pos_weight, gamma=p.focal_gamma, alpha=p.focal_alpha)
+
+# %% ../nbs/api/08_train.ipynb #e72ed4c0
+def dev_loss(cache, probs: dict, loss_fn) -> float:
+    "The training loss on the dev probabilities (every `STEP`-th sample): rising while training's falls is overfitting."
+    y = torch.from_numpy(np.concatenate([np.asarray(cache.labels(r), np.float32)[::STEP] for r in cache.recordings]))
+    p = torch.from_numpy(np.concatenate([probs[r.token] for r in cache.recordings])).double()
+    return float(loss_fn(torch.logit(p, eps=1e-7), y.double()))
 
 # %% ../nbs/api/08_train.ipynb #a3c108fa
 def sanitize_gradients(model: torch.nn.Module) -> int:
@@ -110,13 +167,14 @@ def sanitize_gradients(model: torch.nn.Module) -> int:
                 prm.grad[bad] = 0.0
     return n
 
-# %% ../nbs/api/08_train.ipynb #16ba851c
+# %% ../nbs/api/08_train.ipynb #8c9ac0cb
 def _stats(t) -> dict:
     t = t.detach().float()
     fin = t[torch.isfinite(t)]
     return dict(shape=list(t.shape), finite_fraction=float(torch.isfinite(t).float().mean()),
                 **({k: float(getattr(fin, k)()) for k in ('min', 'max', 'mean', 'std')} if fin.numel() > 1 else {}))
 
+# %% ../nbs/api/08_train.ipynb #16ba851c
 class NanDebugger:
     "Forward hooks on every module; the first whose output is non-finite is recorded with the step and its input."
     def __init__(self, model: torch.nn.Module):
@@ -146,32 +204,10 @@ def clip_input(x: torch.Tensor, sigma: float | None) -> tuple[torch.Tensor, int]
     if sigma is None: return x, 0
     return x.clamp(-sigma, sigma), int((x.abs() > sigma).sum())
 
-# %% ../nbs/api/08_train.ipynb #55b1f6fc
-def seizure_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = 'bce', pos_weight: float | None = None,
-                 gamma: float = 2.0, alpha: float | None = None) -> torch.Tensor:
-    "Mean per-sample binary cross-entropy (`kind='bce'`) or focal loss; `pos_weight` weights the seizure term."
-    weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=logits.dtype, device=logits.device)
-    ce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=weight, reduction='none')
-    if kind == 'bce': return ce.mean()
-    p = torch.sigmoid(logits)
-    p_right = p * y + (1 - p) * (1 - y)
-    focal = (1 - p_right) ** gamma * ce
-    if alpha is not None: focal = (alpha * y + (1 - alpha) * (1 - y)) * focal
-    return focal.mean()
-
-def loss_of(p: TrainParams):
-    "The loss function `p` asks for, `(logits, y) -> loss`."
-    return partial(seizure_loss, kind=p.loss, pos_weight=p.pos_weight, gamma=p.focal_gamma, alpha=p.focal_alpha)
-
-def dev_loss(cache, probs: dict, loss_fn) -> float:
-    "The training loss on the dev probabilities (every `STEP`-th sample): rising while training's falls is overfitting."
-    y = torch.from_numpy(np.concatenate([np.asarray(cache.labels(r), np.float32)[::STEP] for r in cache.recordings]))
-    p = torch.from_numpy(np.concatenate([probs[r.token] for r in cache.recordings])).double()
-    return float(loss_fn(torch.logit(p, eps=1e-7), y.double()))
-
 # %% ../nbs/api/08_train.ipynb #67df9db2
 @dataclass
 class Step:
+    "What one optimiser step did, for the loop to count."
     loss: float
     grad_norm: float  # before clipping; NaN when no backward ran
     skipped: bool  # a non-finite loss or gradient: the weights were not touched
@@ -185,10 +221,11 @@ class Step:
         "Neither a guard nor the loss scaler skipped the step: the weights changed (the schedule counts these only)."
         return not self.skipped and not self.scaler_skipped
 
+# %% ../nbs/api/08_train.ipynb #fe8ecbd9
 def train_step(model, x, y, optimizer, scaler, autocast=nullcontext, grad_clip: float = 1.0,
                sanitize: bool = False, skip_nonfinite: bool = True,
                loss_fn=F.binary_cross_entropy_with_logits) -> Step:
-    "Forward, loss, backward, clipping and the update, with the guards; `skip_nonfinite=False` is the reference's unguarded step."
+    "Forward, loss, backward, clipping and the update, with the guards; `skip_nonfinite=False`: the reference's step."
     try:
         with autocast():
             logits = model(x)
@@ -213,16 +250,36 @@ def train_step(model, x, y, optimizer, scaler, autocast=nullcontext, grad_clip: 
         scaler_skipped = scaler.is_enabled() and scaler.get_scale() < scale
     return Step(loss.item(), grad_norm, skipped, scaler_skipped, sanitized, bool(torch.isfinite(logits).all()))
 
-# %% ../nbs/api/08_train.ipynb #8a151a12
-def setup_distributed(device: torch.device, timeout_minutes: float = 30.0) -> tuple[int, int]:
-    "(rank, world size); under torchrun, initialises the process group (collectives wait `timeout_minutes`)."
-    world = int(os.environ.get('WORLD_SIZE', 1))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=timedelta(minutes=timeout_minutes))
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
+# %% ../nbs/api/08_train.ipynb #5724e4b6
+@dataclass
+class Optimisation:
+    "AdamW, its warm-up and cosine schedule, autocast, the fp16 loss scaler and the loss `p` asks for."
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    autocast: Callable
+    loss_fn: Callable
 
-def barrier():
-    if dist.is_available() and dist.is_initialized(): dist.barrier()
+    @classmethod
+    def of(cls, model: torch.nn.Module, p: TrainParams, total_steps: int, device: torch.device) -> Optimisation:
+        optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr)
+        factor = partial(warmup_cosine, warmup=p.warmup_steps, total=total_steps)
+        dtype = getattr(torch, p.precision_dtype)
+        return cls(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor),
+                   torch.amp.GradScaler(device.type, enabled=p.mixed_precision and dtype == torch.float16),
+                   partial(torch.autocast, device.type, dtype=dtype, enabled=p.mixed_precision), loss_of(p))
+
+    @property
+    def lr(self) -> float: return self.scheduler.get_last_lr()[0]
+
+    def state_dict(self) -> dict:
+        return dict(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                    scaler=self.scaler.state_dict())
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.optimizer.load_state_dict(saved['optimizer'])
+        self.scheduler.load_state_dict(saved['scheduler'])
+        self.scaler.load_state_dict(saved['scaler'])
 
 # %% ../nbs/api/08_train.ipynb #21841364
 def dev_probabilities(model, cache, window: int, transform, device, batch_size: int, autocast, rank: int = 0,
@@ -236,64 +293,94 @@ def dev_probabilities(model, cache, window: int, transform, device, batch_size: 
     dist.gather_object(mine, parts, dst=0)
     return {token: probs for part in parts for token, probs in part.items()} if rank == 0 else None
 
+# %% ../nbs/api/08_train.ipynb #58fec034
+COUNTERS = dict(nonfinite_steps='nonfinite_steps', sanitized='sanitized_grad_entries',
+                edge_clamped='edge_clamped_weights', scaler_skipped='scaler_skipped_steps',
+                clipped_inputs='clipped_input_samples')  # state field: name in metrics.json and TensorBoard
+
+# %% ../nbs/api/08_train.ipynb #143e12d1
+@dataclass
+class TrainState:
+    "Where a run stands; saved in every checkpoint, so a resumed run goes on from here."
+    epoch: int = 0
+    batch: int = 0  # batches of the current epoch already taken
+    step: int = 0
+    best: float = -math.inf  # of the monitored dev metric
+    bad_epochs: int = 0  # evaluations since the best
+    in_a_row: int = 0  # non-finite steps
+    nonfinite_steps: int = 0
+    sanitized: int = 0
+    edge_clamped: int = 0
+    scaler_skipped: int = 0
+    clipped_inputs: int = 0
+    history: list = field(default_factory=list)  # a record per step and per evaluation
+    seconds: float = 0.0  # training time of every process of the run, resumed ones included
+    resumes: list = field(default_factory=list)
+
+    def count(self, step: Step, clipped_inputs: int, edge_clamped: int) -> None:
+        "Add what the guards did in `step`."
+        self.clipped_inputs += clipped_inputs
+        self.sanitized += step.sanitized
+        self.scaler_skipped += step.scaler_skipped
+        self.edge_clamped += edge_clamped
+        self.nonfinite_steps += step.skipped
+        self.in_a_row = self.in_a_row + 1 if step.skipped else 0
+
+    def advance(self, step: Step, lr: float) -> dict:
+        "Count `step` as taken; returns its record (loss, lr, gradient norm)."
+        self.step += 1
+        self.batch += 1
+        record = dict(loss=step.loss, lr=lr, grad_norm=step.grad_norm)
+        self.history.append(dict(step=self.step, **record, updated=step.updated))
+        return record
+
+    def judge(self, metrics: dict, watched: float) -> bool:
+        "Record an evaluation; True when `watched` is the best so far."
+        self.history.append(dict(step=self.step, epoch=self.epoch, **metrics))
+        improved = watched > self.best
+        self.best, self.bad_epochs = (watched, 0) if improved else (self.best, self.bad_epochs + 1)
+        return improved
+
+    def counters(self) -> dict:
+        "The guards' running counts, by their metrics.json names."
+        return {name: getattr(self, key) for key, name in COUNTERS.items()}
+
 # %% ../nbs/api/08_train.ipynb #39023396
 def rng_state() -> dict:
+    "Every random state a step draws from: Python, NumPy, torch and each CUDA device."
     np_state = np.random.get_state()
     return dict(torch=torch.get_rng_state(), python=list(random.getstate()[1]),
                 numpy=torch.from_numpy(np_state[1].astype(np.int64)), numpy_pos=int(np_state[2]),
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
+# %% ../nbs/api/08_train.ipynb #8e928f34
 def set_rng_state(s: dict) -> None:
+    "Put back what `rng_state` saved."
     torch.set_rng_state(s['torch'])
     random.setstate((3, tuple(s['python']), None))
     np.random.set_state(('MT19937', s['numpy'].numpy().astype(np.uint32), s['numpy_pos'], 0, 0.0))
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-def checkpoint_of(model, optimizer, scheduler, scaler, s: dict, p: TrainParams, stats: NormStats) -> dict:
+# %% ../nbs/api/08_train.ipynb #e83b7adc
+def unwrap(model):
+    "The model inside a DistributedDataParallel wrapper, or the model."
+    return model.module if hasattr(model, 'module') else model
+
+# %% ../nbs/api/08_train.ipynb #77300a7d
+def checkpoint_of(model, opt: Optimisation, state: TrainState, p: TrainParams, stats: NormStats) -> dict:
     "Everything the next step depends on, and what `detect` needs: weights, parameters, statistics."
-    return dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict(), rng=rng_state(), state=s, params=p.model_dump(mode='json'),
-                norm_stats=stats.to_dict())
-
-def checkpoint_due(p: TrainParams, since: float) -> bool:
-    "`checkpoint_every_minutes` have passed since `since` (a `time.time()`)."
-    return p.checkpoint_every_minutes is not None and time.time() - since >= 60 * p.checkpoint_every_minutes
-
-def batches_after(loader, done: int):
-    "`loader` without the first `done` batches of this epoch, which are not loaded (a run resumed mid-epoch)."
-    if not done: return loader
-    # its own generator: the global random state is the checkpoint's, as it was after those batches
-    rest = list(loader.sampler)[done * loader.batch_size:]
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=rest, num_workers=loader.num_workers,
-                      drop_last=loader.drop_last, generator=torch.Generator())
+    return dict(model=unwrap(model).state_dict(), **opt.state_dict(), rng=rng_state(), state=asdict(state),
+                params=p.model_dump(mode='json'), norm_stats=stats.to_dict())
 
 # %% ../nbs/api/08_train.ipynb #06da95b2
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-def unwrap(model): return model.module if hasattr(model, 'module') else model
-
-def edges_clamped(model) -> int:
-    "What the edge clamp changed in the last forward; 0 for a model without an edge stream (the baseline)."
-    stream = getattr(model, 'edge_stream', None)
-    return int(stream.clamped) if stream is not None else 0
-
-class TrainingDiverged(RuntimeError): pass
-
 # what changes neither the data nor the steps taken; output_dir: a run folder may be moved
 RESUME_MAY_CHANGE = ('resume', 'epochs', 'patience', 'eval_every', 'num_workers', 'cache_workers', 'device',
                      'nan_debug', 'output_dir', 'tensorboard',
                      'checkpoint_every_minutes', 'ddp_timeout_minutes')
 
-def _flat(d: dict, prefix='') -> dict:
-    return {f'{prefix}{k}': v for k0, v0 in d.items()
-            for k, v in (_flat(v0, f'{k0}.').items() if isinstance(v0, dict) else [(k0, v0)])}
-
 def resume_changes(saved: dict, p: TrainParams, where='last.pt') -> dict:
     "{name: [checkpoint's, now]} of the parameters that changed; changes outside `RESUME_MAY_CHANGE` are refused."
-    old, new = _flat(saved), _flat(p.model_dump(mode='json'))
+    old, new = flat_keys(saved), flat_keys(p.model_dump(mode='json'))
     changed = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
     refused = [f'{k} {a!r} -> {b!r}' for k, (a, b) in changed.items() if k.split('.')[0] not in RESUME_MAY_CHANGE]
     if refused: raise ValueError(f'{where}: resuming with parameters other than the checkpoint\'s '
@@ -301,6 +388,31 @@ def resume_changes(saved: dict, p: TrainParams, where='last.pt') -> dict:
                                  f'resume with the checkpoint\'s values or start a new run_name; only '
                                  f'{", ".join(RESUME_MAY_CHANGE)} may change')
     return changed
+
+# %% ../nbs/api/08_train.ipynb #a7a2e62c
+def resume(saved: dict, model, opt: Optimisation, changes: dict, where: Path) -> TrainState:
+    "The state of checkpoint `saved`, its weights, optimiser and random states put back; the resume recorded."
+    unwrap(model).load_state_dict(saved['model'])
+    opt.load_state_dict(saved)
+    set_rng_state(saved['rng'])
+    state = TrainState(**saved['state'])
+    state.resumes.append(dict(epoch=state.epoch, step=state.step, changed=changes))
+    log.info(f'resumed from {where} at epoch {state.epoch}, step {state.step}; changed: {changes}')
+    return state
+
+# %% ../nbs/api/08_train.ipynb #68d5a894
+def checkpoint_due(p: TrainParams, since: float) -> bool:
+    "`checkpoint_every_minutes` have passed since `since` (a `time.time()`)."
+    return p.checkpoint_every_minutes is not None and time.time() - since >= 60 * p.checkpoint_every_minutes
+
+# %% ../nbs/api/08_train.ipynb #3f99de1c
+def batches_after(loader, done: int):
+    "`loader` without the first `done` batches of this epoch, which are not loaded (a run resumed mid-epoch)."
+    if not done: return loader
+    # its own generator: the global random state is the checkpoint's, as it was after those batches
+    rest = list(loader.sampler)[done * loader.batch_size:]
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=rest, num_workers=loader.num_workers,
+                      drop_last=loader.drop_last, generator=torch.Generator())
 
 # %% ../nbs/api/08_train.ipynb #c5eb297c
 NONFINITE_BATCHES_KEPT = 3
@@ -311,6 +423,7 @@ def windows_of_batch(loader, dataset: BalancedSeizureDataset, b: int) -> list[tu
     w = dataset.windows
     return [(w.cache.recordings[w.rec_idx[dataset.index[i]]].token, int(w.starts[dataset.index[i]])) for i in positions]
 
+# %% ../nbs/api/08_train.ipynb #07808255
 def save_nonfinite_batch(run_dir: Path, step: int, x, y, windows: list[tuple[str, int]], rank: int = 0) -> Path:
     "Save the batch of non-finite step `step` as `nonfinite_batch_step<step>.pt` (`_rank<r>` beyond rank 0)."
     path = run_dir / f'nonfinite_batch_step{step}{f"_rank{rank}" if rank else ""}.pt'
@@ -318,203 +431,150 @@ def save_nonfinite_batch(run_dir: Path, step: int, x, y, windows: list[tuple[str
                     starts=[s for _, s in windows]), path)
     return path
 
-# %% ../nbs/api/08_train.ipynb #1ac6354f
-COUNTERS = dict(nonfinite_steps='nonfinite_steps', sanitized='sanitized_grad_entries',
-                edge_clamped='edge_clamped_weights', scaler_skipped='scaler_skipped_steps',
-                clipped_inputs='clipped_input_samples')  # state key: name in metrics.json and TensorBoard
+# %% ../nbs/api/08_train.ipynb #6a5fb72f
+def seed_everything(seed: int) -> None:
+    "Seed Python, NumPy and torch (the model's initial weights, the balanced epochs)."
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
-def tensorboard_writer(p: TrainParams, rank: int = 0):
-    "A `SummaryWriter` on `<run_dir>/tensorboard` for rank 0 when `p.tensorboard`, else None."
-    if rank or not p.tensorboard: return None
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(p.run_dir / 'tensorboard'))
-
-def log_scalars(writer, step: int, group: str, values: dict) -> None:
-    "Every number in `values` (nested keys joined by '.') as the scalar `group/key` at `step`; no writer: nothing."
-    if writer is None: return
-    for k, v in _flat(values).items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool): writer.add_scalar(f'{group}/{k}', v, step)
-
-def counters(s: dict) -> dict:
-    "The guards' running counts in the training state `s`, by their metrics.json names."
-    return {name: s[key] for key, name in COUNTERS.items()}
-
-# %% ../nbs/api/08_train.ipynb #9f8eb22b
-def train(p: TrainParams) -> dict:
-    "Train the detector described by `p`; writes `p.run_dir` and returns the metrics."
-    t_start = time.time()
-    device = resolve_device(p.device)
-    rank, world = setup_distributed(device, p.ddp_timeout_minutes)
-    run_dir = p.run_dir
-    last, best_path = run_dir / 'last.pt', run_dir / 'best.pt'
-    # a damaged checkpoint or changed parameters are refused before any work
-    ck = load_checkpoint(last) if p.resume and last.exists() else None
-    changes = resume_changes(ck['params'], p, str(last)) if ck else {}
-    if rank == 0: run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(p.seed)
-    pre = preflight(p, rank)
-
-    # data
-    transform = pre['stats'].apply
-    train_windows = WindowDataset(cache_dir_of(p, 'train'), p.window_s, p.stride_s, transform=transform)
-    dataset = BalancedSeizureDataset(train_windows, p.seizure_ratio, p.epoch_size, seed=p.seed)
-    loader = make_loader(dataset, p.batch_size, p.num_workers, distributed=world > 1)
-    dev_cache = open_cache(cache_dir_of(p, 'dev'))
-    window = train_windows.window
-
-    # model, optimiser, schedule, precision
-    model = build_detector(p.model, p.edge_clamp).to(device)
-    if world > 1: model = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.AdamW(param_groups(unwrap(model), p.weight_decay), lr=p.lr)
-    total_steps = p.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, p.warmup_steps, total_steps))
-    dtype = getattr(torch, p.precision_dtype)
-    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=p.mixed_precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=p.mixed_precision and dtype == torch.float16)
-    loss_fn = loss_of(p)
-    debugger = NanDebugger(unwrap(model)) if p.nan_debug else None
-
-    # state, resumed if asked
-    s = dict(epoch=0, batch=0, step=0, best=-math.inf, bad_epochs=0, nonfinite_steps=0, sanitized=0, edge_clamped=0,
-             scaler_skipped=0, clipped_inputs=0, in_a_row=0, history=[], seconds=0.0, resumes=[])
-    if ck:
-        unwrap(model).load_state_dict(ck['model'])
-        optimizer.load_state_dict(ck['optimizer'])
-        scheduler.load_state_dict(ck['scheduler'])
-        scaler.load_state_dict(ck['scaler'])
-        set_rng_state(ck['rng'])
-        s = {**s, **ck['state']}
-        s['resumes'] = [*s['resumes'], dict(epoch=s['epoch'], step=s['step'], changed=changes)]
-        log.info(f'resumed from {last} at epoch {s["epoch"]}, step {s["step"]}; changed: {changes}')
-    seconds_before = s['seconds']  # the training time of the processes before this one
-    dev_transform = clipping(transform, p.input_clip_sigma)
-    writer = tensorboard_writer(p, rank)
-    saved_at = time.time()
-
-    while s['epoch'] < p.epochs:
-        dataset.set_epoch(s['epoch'])
-        if world > 1: loader.sampler.set_epoch(s['epoch'])
-        batches = batches_after(loader, s['batch'])  # a run resumed mid-epoch goes on where it stopped
-        bar = tqdm(batches, desc=f'epoch {s["epoch"] + 1}/{p.epochs}', disable=rank != 0, leave=False,
-                   initial=s['batch'], total=len(loader))
-        losses = []
-        for b, (x, y) in enumerate(bar):
-            if debugger: debugger.step = s['step']
-            x, clipped = clip_input(x, p.input_clip_sigma)
-            st = train_step(model, x.to(device), y.to(device), optimizer, scaler, autocast, p.grad_clip,
-                            p.sanitize_grads, loss_fn=loss_fn)
-            s['clipped_inputs'] += clipped
-            s['sanitized'] += st.sanitized
-            s['scaler_skipped'] += st.scaler_skipped
-            s['edge_clamped'] += edges_clamped(unwrap(model))
-            if st.skipped:
-                s['nonfinite_steps'] += 1
-                s['in_a_row'] += 1
-                if s['nonfinite_steps'] <= NONFINITE_BATCHES_KEPT:
-                    save_nonfinite_batch(run_dir, s['step'], x, y, windows_of_batch(batches, dataset, b), rank)
-                if s['in_a_row'] >= p.max_nonfinite_in_row: raise TrainingDiverged(diagnosis(p, s, debugger))
-            else:
-                s['in_a_row'] = 0
-                losses.append(st.loss)
-            if st.updated: scheduler.step()  # a step the loss scaler skipped updated nothing: the schedule waits
-            s['step'] += 1
-            s['batch'] += 1
-            step_record = dict(loss=st.loss, lr=scheduler.get_last_lr()[0], grad_norm=st.grad_norm)
-            s['history'].append(dict(step=s['step'], **step_record, updated=st.updated))
-            log_scalars(writer, s['step'], 'train', step_record)
-            log_scalars(writer, s['step'], 'counters', counters(s))
-            bar.set_postfix(loss=f'{st.loss:.4f}')
-            if rank == 0 and checkpoint_due(p, saved_at):
-                s['seconds'] = seconds_before + time.time() - t_start
-                save_checkpoint(last, checkpoint_of(model, optimizer, scheduler, scaler, s, p, pre['stats']))
-                saved_at = time.time()
-        s['epoch'] += 1
-        s['batch'] = 0
-
-        # evaluate (every rank predicts its share), checkpoint, keep the best, stop early (rank 0 decides)
-        evaluating = s['epoch'] % p.eval_every == 0 or s['epoch'] == p.epochs
-        probs = dev_probabilities(unwrap(model), dev_cache, window, dev_transform, device, p.batch_size, autocast,
-                                  rank, world) if evaluating else None
-        stop = False
-        if rank == 0:
-            if evaluating:
-                metrics = {**dev_metrics(dev_cache, probs), 'dev_loss': dev_loss(dev_cache, probs, loss_fn)}
-                s['history'].append(dict(step=s['step'], epoch=s['epoch'], **metrics))
-                log_scalars(writer, s['step'], 'dev', metrics)
-                watched = monitored(metrics, p.monitor)
-                log.info(f'epoch {s["epoch"]}: mean loss {np.mean(losses) if losses else float("nan"):.4f}, '
-                         f'{p.monitor} {watched:.4f} (best before {s["best"]:.4f})')
-                if watched > s['best']: s['best'], s['bad_epochs'] = watched, 0
-                else: s['bad_epochs'] += 1
-                stop = s['bad_epochs'] >= p.patience
-            s['seconds'] = seconds_before + time.time() - t_start
-            ck = checkpoint_of(model, optimizer, scheduler, scaler, s, p, pre['stats'])
-            save_checkpoint(last, ck)  # every epoch, so a crash loses at most one
-            saved_at = time.time()
-            if s['bad_epochs'] == 0 and s['history'] and 'dev_auroc' in s['history'][-1]: save_checkpoint(best_path, ck)
-        if world > 1:
-            flag = [stop]
-            dist.broadcast_object_list(flag, 0)
-            stop = flag[0]
-        if stop:
-            log.info(f'early stopping: {p.monitor} did not improve for {p.patience} evaluations')
-            break
-
-    if debugger: debugger.remove()
-    if writer: writer.close()
-    s['seconds'] = seconds_before + time.time() - t_start
-    metrics = final_metrics(p, s, pre, world)
-    if rank == 0: write_run(p, metrics)
-    if world > 1: dist.destroy_process_group()
-    return metrics
+# %% ../nbs/api/08_train.ipynb #7fe8ecf1
+def edges_clamped(model) -> int:
+    "What the edge clamp changed in the last forward; 0 for a model without an edge stream (the baseline)."
+    stream = getattr(model, 'edge_stream', None)
+    return int(stream.clamped) if stream is not None else 0
 
 # %% ../nbs/api/08_train.ipynb #8f1bf53b
 def monitored(metrics: dict, name: str) -> float:
     "The watched metric; an unknown name is an error (the reference watched a key it never wrote)."
     if name in metrics and not isinstance(metrics[name], dict): return float(metrics[name])
     head, _, key = name.rpartition('.')
-    if head in metrics and isinstance(metrics[head], dict) and key in metrics[head]: return float(metrics[head][key]
-                                                                                                  or 0.0)
-    raise KeyError(f'monitor {name!r} is not a metric the evaluation writes; use one of '
-                   f'{[k for k, v in metrics.items() if not isinstance(v, dict)] + [f"{k}.{j}" for k, v in metrics.items() if isinstance(v, dict) for j in v]}')
+    if head in metrics and isinstance(metrics[head], dict) and key in metrics[head]:
+        return float(metrics[head][key] or 0.0)
+    raise KeyError(f'monitor {name!r} is not a metric the evaluation writes; use one of {sorted(flat_keys(metrics))}')
 
-def diagnosis(p: TrainParams, s: dict, debugger) -> str:
-    where = f' The first non-finite output came from {debugger.first["module"]} at step {debugger.first["step"]}.' if debugger and debugger.first else \
-            ' Set nan_debug (or BGB_NAN_DEBUG=1) to name the first module with a non-finite output.'
-    return (f'{p.max_nonfinite_in_row} steps in a row had a non-finite loss or gradient (step {s["step"]}, '
-            f'{s["nonfinite_steps"]} in all).{where} Check the normalisation audit, lower lr ({p.lr}), '
+# %% ../nbs/api/08_train.ipynb #e0ff0c79
+class TrainingDiverged(RuntimeError): pass
+
+# %% ../nbs/api/08_train.ipynb #c39ddae9
+def diagnosis(p: TrainParams, state: TrainState, debugger) -> str:
+    "Why a run stopped on non-finite steps, where the first non-finite output came from, what to try."
+    where = (f' The first non-finite output came from {debugger.first["module"]} at step {debugger.first["step"]}.'
+             if debugger and debugger.first else
+             ' Set nan_debug (or BGB_NAN_DEBUG=1) to name the first module with a non-finite output.')
+    return (f'{p.max_nonfinite_in_row} steps in a row had a non-finite loss or gradient (step {state.step}, '
+            f'{state.nonfinite_steps} in all).{where} Check the normalisation audit, lower lr ({p.lr}), '
             f'{"turn mixed precision off or use bfloat16, " if p.mixed_precision else ""}or set sanitize_grads.')
 
 # %% ../nbs/api/08_train.ipynb #a6e5d27a
-def final_metrics(p, s, pre, world) -> dict:
-    evals = [h for h in s['history'] if 'dev_auroc' in h]
+def final_metrics(p: TrainParams, state: TrainState, checks: Preflight, world: int) -> dict:
+    "What `metrics.json` holds: the best and last dev evaluation, the guards' counts, speed, the audit, the history."
+    evals = [h for h in state.history if 'dev_auroc' in h]
     last = evals[-1] if evals else {}
     best = max(evals, key=lambda h: monitored(h, p.monitor)) if evals else {}
-    seconds = s['seconds']  # of every process, when resumed
     return dict(dev_auroc=best.get('dev_auroc'), dev_sens_at_fa=best.get('dev_sens_at_fa'),
                 dev_operating_points=best.get('dev_operating_points'), last_dev_auroc=last.get('dev_auroc'),
-                epochs=s['epoch'], steps=s['step'], **counters(s),
-                mixed_precision=p.mixed_precision, precision_dtype=p.precision_dtype if p.mixed_precision
-                else 'float32',
-                normalization_audit=pre['audit'].verdict, normalization_override=bool(pre['audit'].overridden),
-                normalization_report=pre['audit'].to_dict(), seconds=seconds,
-                windows_per_second=s['step'] * p.batch_size * world / max(seconds, 1e-9),
-                train_scan=pre['scans']['train'], dev_scan=pre['scans']['dev'], world_size=world, resumes=s['resumes'],
-                history=s['history'])
+                epochs=state.epoch, steps=state.step, **state.counters(),
+                mixed_precision=p.mixed_precision,
+                precision_dtype=p.precision_dtype if p.mixed_precision else 'float32',
+                normalization_audit=checks.audit.verdict, normalization_override=bool(checks.audit.overridden),
+                normalization_report=checks.audit.to_dict(), seconds=state.seconds,
+                windows_per_second=state.step * p.batch_size * world / max(state.seconds, 1e-9),
+                train_scan=checks.scans['train'], dev_scan=checks.scans['dev'], world_size=world,
+                resumes=state.resumes, history=state.history)
 
-def environment() -> dict:
-    import mne, torch_geometric
-    return dict(python=platform.python_version(), platform=platform.platform(), brain_go_brrr=__version__,
-                torch=torch.__version__, torch_geometric=torch_geometric.__version__, mne=mne.__version__,
-                numpy=np.__version__,
-                device=torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu',
-                cuda=torch.version.cuda, threads=torch.get_num_threads())
+# %% ../nbs/api/08_train.ipynb #9f8eb22b
+def train(p: TrainParams) -> dict:
+    "Train the detector described by `p`; writes `p.run_dir` and returns the metrics."
+    started = time.time()
+    device = resolve_device(p.device)
+    rank, world = setup_distributed(device, p.ddp_timeout_minutes)
+    last, best = p.run_dir / 'last.pt', p.run_dir / 'best.pt'
+    # a damaged checkpoint or changed parameters are refused before any work
+    saved = load_checkpoint(last) if p.resume and last.exists() else None
+    changes = resume_changes(saved['params'], p, str(last)) if saved else {}
+    if rank == 0: p.run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(p.seed)
+    checks = preflight(p, rank)
 
-def write_run(p: TrainParams, metrics: dict) -> None:
-    d = p.run_dir
-    (d / 'params.yaml').write_text(yaml.safe_dump(p.model_dump(mode='json'), sort_keys=False))
-    (d / 'env.json').write_text(json.dumps(environment(), indent=1))
-    (d / 'metrics.json').write_text(json.dumps(metrics, indent=1, default=float))
+    # data: balanced windows of the training cache; the dev cache whole, clipped as training clips
+    windows = WindowDataset(cache_dir_of(p, 'train'), p.window_s, p.stride_s, transform=checks.stats.apply)
+    dataset = BalancedSeizureDataset(windows, p.seizure_ratio, p.epoch_size, seed=p.seed)
+    loader = make_loader(dataset, p.batch_size, p.num_workers, distributed=world > 1)
+    dev = open_cache(cache_dir_of(p, 'dev'))
+    dev_transform = clipping(checks.stats.apply, p.input_clip_sigma)
+
+    # model and what changes it
+    model = build_detector(p.model, p.edge_clamp).to(device)
+    if world > 1: model = torch.nn.parallel.DistributedDataParallel(model)
+    opt = Optimisation.of(unwrap(model), p, p.epochs * len(loader), device)
+    debugger = NanDebugger(unwrap(model)) if p.nan_debug else None
+    writer = tensorboard_writer(p, rank)
+    state = resume(saved, model, opt, changes, last) if saved else TrainState()
+    clock = started - state.seconds  # the training time of the processes before this one counts
+    saved_at = time.time()
+
+    while state.epoch < p.epochs:
+        dataset.set_epoch(state.epoch)
+        if world > 1: loader.sampler.set_epoch(state.epoch)
+        batches = batches_after(loader, state.batch)  # a run resumed mid-epoch goes on where it stopped
+        bar = tqdm(batches, desc=f'epoch {state.epoch + 1}/{p.epochs}', disable=rank != 0, leave=False,
+                   initial=state.batch, total=len(loader))
+        losses = []
+        for b, (x, y) in enumerate(bar):
+            if debugger: debugger.step = state.step
+            x, clipped = clip_input(x, p.input_clip_sigma)
+            step = train_step(model, x.to(device), y.to(device), opt.optimizer, opt.scaler, opt.autocast,
+                              p.grad_clip, p.sanitize_grads, loss_fn=opt.loss_fn)
+            state.count(step, clipped, edges_clamped(unwrap(model)))
+            if step.skipped:
+                if state.nonfinite_steps <= NONFINITE_BATCHES_KEPT:
+                    save_nonfinite_batch(p.run_dir, state.step, x, y, windows_of_batch(batches, dataset, b), rank)
+                if state.in_a_row >= p.max_nonfinite_in_row: raise TrainingDiverged(diagnosis(p, state, debugger))
+            else:
+                losses.append(step.loss)
+            if step.updated: opt.scheduler.step()  # a step the loss scaler skipped changed nothing: the schedule waits
+            record = state.advance(step, opt.lr)
+            log_scalars(writer, state.step, 'train', record)
+            log_scalars(writer, state.step, 'counters', state.counters())
+            bar.set_postfix(loss=f'{step.loss:.4f}')
+            if rank == 0 and checkpoint_due(p, saved_at):
+                state.seconds = time.time() - clock
+                save_checkpoint(last, checkpoint_of(model, opt, state, p, checks.stats))
+                saved_at = time.time()
+        state.epoch += 1
+        state.batch = 0
+
+        evaluating = state.epoch % p.eval_every == 0 or state.epoch == p.epochs
+        probs = dev_probabilities(unwrap(model), dev, windows.window, dev_transform, device, p.batch_size,
+                                  opt.autocast, rank, world) if evaluating else None
+        stop = False
+        if rank == 0:
+            improved = False
+            if evaluating:
+                metrics = {**dev_metrics(dev, probs), 'dev_loss': dev_loss(dev, probs, opt.loss_fn)}
+                log_scalars(writer, state.step, 'dev', metrics)
+                watched = monitored(metrics, p.monitor)
+                log.info(f'epoch {state.epoch}: mean loss {np.mean(losses) if losses else float("nan"):.4f}, '
+                         f'{p.monitor} {watched:.4f} (best before {state.best:.4f})')
+                improved = state.judge(metrics, watched)
+                stop = state.bad_epochs >= p.patience
+            state.seconds = time.time() - clock
+            checkpoint = checkpoint_of(model, opt, state, p, checks.stats)
+            save_checkpoint(last, checkpoint)  # every epoch, so a crash loses at most one
+            if improved: save_checkpoint(best, checkpoint)
+            saved_at = time.time()
+        if rank0_decides(stop, world):
+            log.info(f'early stopping: {p.monitor} did not improve for {p.patience} evaluations')
+            break
+
+    if debugger: debugger.remove()
+    if writer: writer.close()
+    state.seconds = time.time() - clock
+    metrics = final_metrics(p, state, checks, world)
+    if rank == 0: write_run(p, metrics)
+    if world > 1: dist.destroy_process_group()
+    return metrics
 
 # %% ../nbs/api/08_train.ipynb #8362bb26
 def override_of(kv: str) -> tuple[str, object]:
@@ -523,6 +583,7 @@ def override_of(kv: str) -> tuple[str, object]:
     if not eq or not k: raise ValueError(f'-p {kv}: use -p KEY=VALUE, e.g. -p lr=0.001')
     return k, yaml.safe_load(v) if v.strip() else v
 
+# %% ../nbs/api/08_train.ipynb #f997aa82
 def train_cli(argv: list[str] | None = None) -> int:
     "`train -f PARAMS.yaml [-p key=value ...]`"
     ap = argparse.ArgumentParser(prog='python -m brain_go_brrr train', description='Train the detector.')
@@ -535,40 +596,3 @@ def train_cli(argv: list[str] | None = None) -> int:
     metrics = train(load_params(a.params, **overrides))
     print(json.dumps({k: v for k, v in metrics.items() if k != 'history'}, indent=1, default=float))
     return 0
-
-# %% ../nbs/api/08_train.ipynb #464aa2d2
-def plot_curves(history: list[dict], path=None):
-    "Loss, learning rate, gradient norm and dev metrics against the step."
-    import matplotlib.pyplot as plt
-    steps = [h for h in history if 'loss' in h]
-    evals = [h for h in history if 'dev_auroc' in h]
-    fig, ax = plt.subplots(1, 4, figsize=(16, 3.2))
-    ax[0].plot([h['step'] for h in steps], [h['loss'] for h in steps], lw=0.6)
-    ax[0].set(title='training loss', xlabel='step', yscale='log')
-    ax[1].plot([h['step'] for h in steps], [h['lr'] for h in steps])
-    ax[1].set(title='learning rate', xlabel='step')
-    ax[2].plot([h['step'] for h in steps], [h['grad_norm'] for h in steps], lw=0.6)
-    ax[2].set(title='gradient norm (before clipping)', xlabel='step', yscale='log')
-    ax[3].plot([h['step'] for h in evals], [h['dev_auroc'] for h in evals], 'o-', label='dev AUROC')
-    for k in ('10', '5', '1'):
-        if evals and evals[0].get('dev_sens_at_fa'):
-            ax[3].plot([h['step'] for h in evals], [h['dev_sens_at_fa'][k] for h in evals], '.--',
-                       label=f'sens @ {k} FA/24h')
-    ax[3].set(title='dev', xlabel='step', ylim=(0, 1.02))
-    ax[3].legend(fontsize=7)
-    fig.tight_layout()
-    if path: fig.savefig(path, dpi=110)
-    return fig
-
-def plot_trace(probs: np.ndarray, labels: np.ndarray, sfreq: float, title: str = '', path=None):
-    "Seizure probability over a recording, reference seizures shaded."
-    import matplotlib.pyplot as plt
-    t = np.arange(len(probs)) / sfreq
-    fig, ax = plt.subplots(figsize=(12, 2.6))
-    ax.fill_between(t, 0, labels, step='post', color='tab:red', alpha=0.2, lw=0, label='reference seizure')
-    ax.plot(t, probs, lw=0.8, label='P(seizure)')
-    ax.set(xlabel='time (s)', ylim=(-0.02, 1.02), title=title)
-    ax.legend(loc='upper right', fontsize=8)
-    fig.tight_layout()
-    if path: fig.savefig(path, dpi=110)
-    return fig

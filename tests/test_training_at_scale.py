@@ -9,6 +9,7 @@ import brain_go_brrr.train as T
 from brain_go_brrr.model import Detector, DetectorConfig
 from brain_go_brrr.checkpoints import CheckpointError
 from brain_go_brrr.params import load_params
+from brain_go_brrr.reporting import tensorboard_writer
 from conftest import building, tiny
 
 
@@ -62,7 +63,7 @@ def test_a_run_logs_to_tensorboard_and_counts_clipped_inputs(corpus, tmp_path):
     assert {f'counters/{c}' for c in T.COUNTERS.values()} <= tags
     assert [e.value for e in events.Scalars('counters/clipped_input_samples')][-1] == m['clipped_input_samples']
     assert len(events.Scalars('train/loss')) == m['steps']
-    assert not T.tensorboard_writer(tiny(corpus, tmp_path, tensorboard=False))
+    assert not tensorboard_writer(tiny(corpus, tmp_path, tensorboard=False))
 
 
 TRAIN = ("import json, sys, torch\ntorch.set_num_threads(1)\nfrom brain_go_brrr.params import load_params\n"
