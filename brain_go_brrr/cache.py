@@ -26,21 +26,27 @@ __all__ = ['CONFIG_FILE', 'LOCK_FILE', 'STATS_FILE', 'ARRAYS', 'CacheError', 'fi
 
 # %% ../nbs/api/04_cache.ipynb #b1d868ea
 CONFIG_FILE, LOCK_FILE = 'cache.json', '.lock'
+
 STATS_FILE = 'norm_stats.json'  # the training run's statistics of this cache, kept beside it
+
 ARRAYS = ('signal', 'labels')
 
+# %% ../nbs/api/04_cache.ipynb #7e95cc09
 class CacheError(ValueError):
     "A cache whose files do not match its manifest, or that cannot be read."
 
+# %% ../nbs/api/04_cache.ipynb #a78bbad1
 def _atomic_write(path: Path, write) -> None:
     "Call `write(file)` on a temporary file beside `path`, then rename it into place."
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     with open(tmp, 'wb') as f: write(f)
     os.replace(tmp, path)
 
+# %% ../nbs/api/04_cache.ipynb #f3d6d3d7
 def _write_json(path: Path, obj) -> None:
     _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
+# %% ../nbs/api/04_cache.ipynb #3fe4faef
 def file_digest(path, chunk: int = 1 << 20) -> str:
     "blake2b (128 bits) of a file's bytes: what an entry records of each array, and `verify_cache` recomputes."
     h = hashlib.blake2b(digest_size=16)
@@ -57,6 +63,7 @@ def _edf_header(path) -> bytes:
         except ValueError: n = 256
         return head + f.read(min(max(n, 256), 1 << 20) - 256)
 
+# %% ../nbs/api/04_cache.ipynb #9be1e3b4
 def source_identity(f) -> dict:
     "Size, modification time and a hash of header and annotation of `f`'s files: a rebuild redoes `f` when any differ."
     st, h = Path(f.path).stat(), hashlib.blake2b(_edf_header(f.path), digest_size=16)
@@ -70,10 +77,12 @@ def _settings_diff(old: dict, new: dict) -> str:
     return '; '.join(f'{k}: {old.get(k)!r} there, {v!r} now' for k, v in new.items()
                      if k != 'version' and old.get(k) != v)
 
+# %% ../nbs/api/04_cache.ipynb #442e1d3c
 def _entries(root: Path, sub: str = 'recordings') -> dict[str, dict]:
     "The manifest entries (or failures) of a cache folder, by token."
     return {p.name[:-5]: json.loads(p.read_text()) for p in sorted((root / sub).glob('*.json'))}
 
+# %% ../nbs/api/04_cache.ipynb #b85188c9
 def write_cache_config(cache_dir, config: dict) -> None:
     "Create a cache folder described by `config`; refuses one built with another config, even without its `cache.json`."
     root = Path(cache_dir)
@@ -95,7 +104,8 @@ def write_cache_config(cache_dir, config: dict) -> None:
 def write_recording(cache_dir, token: str, signal: np.ndarray, labels: np.ndarray, subject: str, **meta) -> None:
     "Add or replace one recording: its old entry goes first, then both arrays, the entry with their checksums last."
     rec = Path(cache_dir) / 'recordings'
-    if signal.shape[-1] != len(labels): raise ValueError(f'{token}: {signal.shape[-1]} samples but {len(labels)} labels')
+    if signal.shape[-1] != len(labels):
+        raise ValueError(f'{token}: {signal.shape[-1]} samples but {len(labels)} labels')
     (rec / f'{token}.json').unlink(missing_ok=True)  # an entry never describes arrays being replaced
     arrays = dict(signal=np.ascontiguousarray(signal, np.float32), labels=np.ascontiguousarray(labels, np.uint8))
     for kind, a in arrays.items(): _atomic_write(rec / f'{token}.{kind}.npy', lambda f, a=a: np.save(f, a))
@@ -105,6 +115,7 @@ def write_recording(cache_dir, token: str, signal: np.ndarray, labels: np.ndarra
                                             seizure_samples=int(np.count_nonzero(labels)), arrays=files, **meta))
     (Path(cache_dir) / 'failed' / f'{token}.json').unlink(missing_ok=True)
 
+# %% ../nbs/api/04_cache.ipynb #2181b8b5
 def drop_recording(cache_dir, token: str) -> None:
     "Remove a recording and its failure: the entry first, so a kill midway leaves arrays that nothing loads."
     rec = Path(cache_dir) / 'recordings'
@@ -112,6 +123,7 @@ def drop_recording(cache_dir, token: str) -> None:
     for p in (*(rec / f'{token}.{k}.npy' for k in ARRAYS), Path(cache_dir) / 'failed' / f'{token}.json'):
         p.unlink(missing_ok=True)
 
+# %% ../nbs/api/04_cache.ipynb #f20a8b01
 def write_failure(cache_dir, token: str, source, reason: str, **meta) -> None:
     "Record why a recording could not be used (and drop what an earlier build cached of it)."
     drop_recording(cache_dir, token)
@@ -132,6 +144,7 @@ class Recording:
     arrays: dict = field(default_factory=dict, hash=False, compare=False)     # kind -> {bytes, blake2b}
     config: dict = field(default_factory=dict, hash=False, compare=False)     # the settings it was built with
 
+# %% ../nbs/api/04_cache.ipynb #62eaff7c
 class Cache:
     "A built cache: config, recordings, failures, and memory-mapped arrays."
     def __init__(self, cache_dir):
@@ -171,6 +184,7 @@ class Cache:
         for r in self.recordings: h.update(json.dumps([r.token, r.arrays], sort_keys=True).encode())
         return h.hexdigest()
 
+# %% ../nbs/api/04_cache.ipynb #d91590c6
 def open_cache(cache_dir) -> Cache: return Cache(cache_dir)
 
 # %% ../nbs/api/04_cache.ipynb #ad42827d
@@ -189,6 +203,7 @@ def entry_problems(cache: Cache, rec: Recording, digest: bool = True) -> list[st
             out.append(f'{p}: blake2b differs from the manifest (bytes changed)')
     return out
 
+# %% ../nbs/api/04_cache.ipynb #db8559b1
 def verify_cache(cache_dir) -> Cache:
     "Open a cache and check every array's size and blake2b against its entry; raise naming each bad file and the fix."
     cache = open_cache(cache_dir)
@@ -197,6 +212,7 @@ def verify_cache(cache_dir) -> Cache:
                          + f'\n{cache.repair_hint()}')
     return cache
 
+# %% ../nbs/api/04_cache.ipynb #37e7c1c8
 def check_cache_splits(cache_dirs) -> None:
     "Refuse caches that share a subject (a train/dev leak), read from their manifests: for the caches training reads."
     where = defaultdict(list)
@@ -224,6 +240,7 @@ def _check_annotation_fits(ann, n_seconds: float, path) -> None:
         raise AnnotationError(f'{ann.path}: annotation ends at {end:.2f} s, past the end of {Path(path).name} '
                               f'({n_seconds:.2f} s)')
 
+# %% ../nbs/api/04_cache.ipynb #d5e2b7ec
 def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     "A TUSZ recording preprocessed as `config` says, its seizure mask, and what its manifest entry records."
     data, sfreq_in, _ = read_eeg(f.path, config['montage'])
@@ -234,6 +251,7 @@ def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     return x, label_mask(ann.events, x.shape[1], config['sfreq']), dict(split=f.split, session=f.session,
                                                                         montage=f.montage, sfreq_in=sfreq_in)
 
+# %% ../nbs/api/04_cache.ipynb #865b1c63
 def cache_recording(f, cache_dir, config: dict, load=load_tusz) -> tuple[str, str]:
     "Preprocess one file with `load` into the cache; returns (bname, '') or (bname, why it failed)."
     try:
@@ -252,6 +270,7 @@ def _remove_temporaries(cache_dir: Path) -> None:
     "Leftovers of a killed build: temporary files that were never renamed into place."
     for p in cache_dir.glob('*/.*.tmp'): p.unlink(missing_ok=True)
 
+# %% ../nbs/api/04_cache.ipynb #371efa3f
 _HELD_HERE: dict[str, threading.Lock] = {}  # a POSIX lock does not exclude threads of its own process: this does
 
 @contextmanager
@@ -265,6 +284,7 @@ def cache_lock(cache_dir):
         fcntl.lockf(f, fcntl.LOCK_EX)
         yield
 
+# %% ../nbs/api/04_cache.ipynb #fccb3bfc
 def _die_with(parent: int) -> None:
     "Pool worker start-up: end with the build, so a killed build leaves no worker writing into the cache."
     if sys.platform == 'linux':
@@ -272,6 +292,7 @@ def _die_with(parent: int) -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent: os._exit(1)  # the build died before prctl
 
+# %% ../nbs/api/04_cache.ipynb #3b0be1c7
 def _check_one_file_per_name(files) -> None:
     "Two recordings with one file name (possible outside TUSZ naming) would share one entry: refuse, naming both."
     paths = defaultdict(list)
@@ -280,11 +301,20 @@ def _check_one_file_per_name(files) -> None:
         raise ValueError(f'{" and ".join(clash)}: {len(clash)} recordings named {Path(clash[0]).stem!r}, and a cache '
                          'keeps one entry per name; rename one of them (e.g. prefix its subject: <subject>_<name>)')
 
+# %% ../nbs/api/04_cache.ipynb #bfd95af2
 def _tokens(root: Path) -> set[str]:
     "Every token with an entry, a failure or an array in the cache."
     arrays = {p.name.rsplit('.', 2)[0] for p in (root / 'recordings').glob('*.npy')}
     return set(_entries(root)) | set(_entries(root, 'failed')) | arrays
 
+# %% ../nbs/api/04_cache.ipynb #aadd91d0
+class _InProcess:
+    "A one-worker pool without processes: easier to debug, nothing to pickle."
+    def __enter__(self): return self
+    def __exit__(self, *a): pass
+    def map(self, fn, *its): return map(fn, *its)
+
+# %% ../nbs/api/04_cache.ipynb #8db0edc0
 def cache_files(files, cache_dir, config: dict, load=load_tusz, workers: int = 1, progress: bool = True,
                 verify: bool = False) -> None:
     """Bring the cache in line with `files`, each cached with `load`: what is new, changed (its source's identity)
@@ -312,6 +342,7 @@ def cache_files(files, cache_dir, config: dict, load=load_tusz, workers: int = 1
         if open_cache(cache_dir).fingerprint != cache.fingerprint:  # statistics of the old content would be reused
             (cache_dir / STATS_FILE).unlink(missing_ok=True)
 
+# %% ../nbs/api/04_cache.ipynb #e62034c0
 def build_cache(data_dir, cache_dir, split: str = 'train', workers: int = 1, progress: bool = True,
                 verify: bool = False, **preprocessing) -> dict:
     "Bring the cache of a TUSZ `split` in line with its EDFs (resumes a killed build); returns the scan."
@@ -320,12 +351,6 @@ def build_cache(data_dir, cache_dir, split: str = 'train', workers: int = 1, pro
     config = preprocessing_config(data_dir, split, **preprocessing)
     cache_files(files, cache_dir, config, load_tusz, workers, progress, verify)
     return scan_cache(cache_dir)
-
-class _InProcess:
-    "A one-worker pool without processes: easier to debug, nothing to pickle."
-    def __enter__(self): return self
-    def __exit__(self, *a): pass
-    def map(self, fn, *its): return map(fn, *its)
 
 # %% ../nbs/api/04_cache.ipynb #c59b782e
 def scan_cache(cache_dir, window_s: float = 60.0, stride_s: float = 10.0) -> dict:
@@ -387,6 +412,7 @@ def build_cache_cli(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
+# %% ../nbs/api/04_cache.ipynb #51904a29
 def scan_cache_cli(argv: list[str] | None = None) -> int:
     "`scan-cache --cache-dir C [--json] [--verify]`; with `--verify`, exits 1 naming each damaged array."
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr scan-cache', description='Count what a cache holds.')
@@ -405,6 +431,7 @@ def scan_cache_cli(argv: list[str] | None = None) -> int:
     print(json.dumps(scan) if a.json else format_scan(scan, open_cache(a.cache_dir).failures))
     return 0
 
+# %% ../nbs/api/04_cache.ipynb #805dde2a
 def clean_cache_cli(argv: list[str] | None = None) -> int:
     "`clean-cache --cache-dir C`"
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr clean-cache',

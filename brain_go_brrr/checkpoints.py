@@ -16,14 +16,17 @@ __all__ = ['log', 'CheckpointError', 'checksum_path', 'sha256_of', 'save_checkpo
 # %% ../nbs/api/08a_checkpoints.ipynb #bad6061c
 class CheckpointError(ValueError): pass
 
+# %% ../nbs/api/08a_checkpoints.ipynb #354992bd
 def checksum_path(path) -> Path: return Path(path).with_name(Path(path).name + '.sha256')
 
+# %% ../nbs/api/08a_checkpoints.ipynb #67783198
 def sha256_of(path) -> str:
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
     return h.hexdigest()
 
+# %% ../nbs/api/08a_checkpoints.ipynb #d504e97c
 def save_checkpoint(path: Path, state: dict) -> None:
     "Written atomically, with its SHA-256 beside it (`last.pt.sha256`, `sha256sum -c` format)."
     tmp, side = path.with_name(f'.{path.name}.tmp'), checksum_path(path)
@@ -33,12 +36,14 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
     os.replace(side_tmp, side)
 
+# %% ../nbs/api/08a_checkpoints.ipynb #99b8c72d
 def _instead(path: Path) -> str:
     other = path.with_name('best.pt' if path.name == 'last.pt' else 'last.pt')
     if not other.exists(): return 'train again (resume=false)'
     return (f'use {other} instead (to resume from it: cp {other} {path}; '
             f'cp {checksum_path(other)} {checksum_path(path)})')
 
+# %% ../nbs/api/08a_checkpoints.ipynb #d8f366b8
 def load_checkpoint(path) -> dict:
     "A checkpoint whose SHA-256 matches the one saved beside it; damage is an error that offers the other checkpoint."
     path, side = Path(path), checksum_path(path)

@@ -37,6 +37,7 @@ def usage() -> str:
 # %% ../nbs/api/12_cli.ipynb #6288fb3d
 class UsageError(ValueError): pass
 
+# %% ../nbs/api/12_cli.ipynb #2a0e620e
 @contextmanager
 def usage_errors_raise():
     "argparse's usage errors (usage text and exit 2) become `UsageError`s, printed as one line like every other."
@@ -45,6 +46,7 @@ def usage_errors_raise():
     try: yield
     finally: argparse.ArgumentParser.error = saved
 
+# %% ../nbs/api/12_cli.ipynb #b2f0adde
 FIXES = {errno.ENOENT: 'check the path', errno.EACCES: 'choose a path you can write to',
          errno.EROFS: 'choose a writable path', errno.ENOTDIR: 'a folder in the path is a file'}
 
@@ -54,6 +56,7 @@ def one_line(e: Exception) -> str:
         return f'{e.filename or ""}: {e.strerror}' + (f'; {FIXES[e.errno]}' if e.errno in FIXES else '')
     return str(e)
 
+# %% ../nbs/api/12_cli.ipynb #bc6b4208
 def main(argv: list[str] | None = None) -> int:
     "Dispatch `argv[0]` to its command; exit status is the command's, 1 with one line on a user's mistake."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -82,4 +85,5 @@ def _positive(kind):
     parse.__name__ = f'positive_{kind.__name__}'
     return parse
 
+# %% ../nbs/api/12_cli.ipynb #bcfc0132
 positive_float, positive_int = _positive(float), _positive(int)

@@ -294,6 +294,7 @@ std::vector<torch::Tensor> conv_backward(torch::Tensor x, torch::Tensor w, torch
 # %% ../nbs/api/07c_cpu_kernels.ipynb #96db2c4b
 CHUNK = 32  # time steps between the states the forward keeps; the backward recomputes inside a chunk
 
+# %% ../nbs/api/07c_cpu_kernels.ipynb #ee44433e
 @cache
 def cpu_kernels():
     "The compiled kernels (`scan_forward`, `scan_backward`, `conv_forward`, `conv_backward`), or None after a warning."
@@ -330,6 +331,7 @@ class KernelScan(torch.autograd.Function):
                                                                              ctx.softplus, CHUNK, states, g)
         return gu, gdelta, gAt.t(), gB, gC, gD, gz if ctx.gated else None, gbias, None
 
+# %% ../nbs/api/07c_cpu_kernels.ipynb #2ace1352
 class KernelConv(torch.autograd.Function):
     "`silu(bias + causal depthwise conv(x))` over time-first `x`; `weight`: `(channels, K)`."
     @staticmethod

@@ -32,36 +32,42 @@ log = logging.getLogger('brain_go_brrr')
 __all__ = ['log', 'STEP', 'EVAL_METRICS', 'DETECTOR_KEYS', 'TSV_COLUMNS', 'MNE_SUFFIXES', 'PRECISIONS', 'resolve_device',
            'clipping', 'window_of', 'window_starts_covering', 'predict_recording', 'predict_cache', 'reference_events',
            'sens_at_fa', 'dev_metrics', 'LoadedDetector', 'load_detector', 'load_released_detector',
-           'load_trained_detector', 'post_at', 'default_post', 'operating_point', 'write_szcore_tsv', 'Detection',
-           'recording_start', 'detect_recording', 'profile_probabilities', 'plot_overview', 'plot_page', 'review_pages',
-           'write_figures', 'recordings_to_detect', 'autocast_for', 'format_summary', 'detect_files', 'detect_cli']
+           'load_trained_detector', 'post_at', 'default_post', 'operating_point', 'write_szcore_tsv',
+           'profile_probabilities', 'Detection', 'recording_start', 'detect_recording', 'plot_overview', 'plot_page',
+           'review_pages', 'write_figures', 'recordings_to_detect', 'autocast_for', 'format_summary', 'detect_files',
+           'detect_cli']
 
 # %% ../nbs/api/09a_detect.ipynb #08c1defa
 STEP = 16
 
+# %% ../nbs/api/09a_detect.ipynb #81cb5f79
 def resolve_device(name: str) -> torch.device:
     "`auto`: the local CUDA device when there is one (`LOCAL_RANK` under torchrun), else the CPU."
     if name != 'auto': return torch.device(name)
     if torch.cuda.is_available(): return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     return torch.device('cpu')
 
+# %% ../nbs/api/09a_detect.ipynb #6af46a86
 def clipping(transform, sigma: float | None):
     "`transform` (numpy windows) followed by the clip at plus or minus `sigma` that training applies (None: none)."
     if sigma is None: return transform
     return lambda x: np.clip(transform(x), -sigma, sigma)
 
+# %% ../nbs/api/09a_detect.ipynb #459f41a2
 def window_of(signal, start: int, window: int, transform) -> np.ndarray:
     "`window` normalised samples from `start`; a recording shorter than a window is padded with zeros (the mean)."
     x = transform(np.asarray(signal[:, start:start + window], np.float32))
     # `window` is a multiple of the model's downsampling (TrainParams checks it), so the model takes any recording
     return np.pad(x, ((0, 0), (0, window - x.shape[1]))) if x.shape[1] < window else x
 
+# %% ../nbs/api/09a_detect.ipynb #42dc2fda
 def window_starts_covering(n: int, window: int) -> list[int]:
     "Consecutive windows, the last aligned to the end; one (padded) window when `n < window`."
     starts = list(range(0, max(n - window, 0) + 1, window))
     if n >= window and starts[-1] + window < n: starts.append(n - window)
     return starts
 
+# %% ../nbs/api/09a_detect.ipynb #a64e7424
 @torch.no_grad()
 def predict_recording(model, signal, window: int, transform, device, batch_size: int = 8, autocast=nullcontext,
                       step: int = STEP) -> np.ndarray:
@@ -86,18 +92,21 @@ def predict_cache(model, cache, window: int, transform, device, batch_size: int 
     return {r.token: predict_recording(model, cache.signal(r), window, transform, device, batch_size, autocast)
             for r in (cache.recordings if recordings is None else recordings)}
 
+# %% ../nbs/api/09a_detect.ipynb #5b2bf243
 def reference_events(cache) -> tuple[dict, dict]:
     "Seizure events and durations (s) of every recording in a cache, by token, as scoring takes them."
     sf = cache.config['sfreq']
     return ({r.token: mask_events(cache.labels(r), sf) for r in cache.recordings},
             {r.token: r.n_samples / sf for r in cache.recordings})
 
+# %% ../nbs/api/09a_detect.ipynb #d90d0285
 def sens_at_fa(cache, probs: dict) -> tuple[dict, dict]:
     "OVLP sensitivity at 10, 5 and 1 FA/24h with thresholds chosen on these recordings, and the operating points."
     events, durations = reference_events(cache)
     points = scoring.sens_at_fa(probs, events, durations, cache.config['sfreq'] / STEP)
     return {k: v['ovlp']['sensitivity'] for k, v in points.items()}, points
 
+# %% ../nbs/api/09a_detect.ipynb #ec8d50ba
 EVAL_METRICS = ('dev_auroc', 'dev_sens_at_fa', 'dev_operating_points')
 
 def dev_metrics(cache, probs: dict) -> dict:
@@ -111,8 +120,6 @@ def dev_metrics(cache, probs: dict) -> dict:
     return metrics
 
 # %% ../nbs/api/09a_detect.ipynb #2ec38427
-DETECTOR_KEYS = ('model', 'params', 'norm_stats')
-
 class LoadedDetector(NamedTuple):
     model: torch.nn.Module
     stats: NormStats | None  # None for released weights: their profile scales each recording
@@ -129,12 +136,16 @@ class LoadedDetector(NamedTuple):
                              'not per-window statistics: use profile_probabilities (detect and evaluate do)')
         return clipping(self.stats.apply, self.params.input_clip_sigma)
 
+# %% ../nbs/api/09a_detect.ipynb #ea8f02bf
+DETECTOR_KEYS = ('model', 'params', 'norm_stats')
+
 def load_detector(path, device='cpu') -> LoadedDetector:
     "The model of a training checkpoint, or of released SeizureTransformer weights, in eval mode, with how to feed it."
     ck = load_checkpoint(path)
     if isinstance(ck, dict) and all(k in ck for k in DETECTOR_KEYS): return load_trained_detector(ck, path, device)
     return load_released_detector(path, device)
 
+# %% ../nbs/api/09a_detect.ipynb #5f8e9acf
 def load_released_detector(path, device='cpu') -> LoadedDetector:
     "SeizureTransformer weights in the released layout, of the size their shapes give, with the released profile."
     try: model = load_seizure_transformer(path, released_config(read_released_state_dict(path)))
@@ -147,6 +158,7 @@ def load_released_detector(path, device='cpu') -> LoadedDetector:
                          model=model.cfg)
     return LoadedDetector(model.to(device).eval(), None, params, None, Path(path), p)
 
+# %% ../nbs/api/09a_detect.ipynb #02a49cab
 def load_trained_detector(ck: dict, path, device='cpu') -> LoadedDetector:
     "The detector of a training checkpoint `ck`, its statistics, parameters and dev operating points."
     p = TrainParams(**{'input_clip_sigma': None, **ck['params']})  # saved before the clip existed: trained without
@@ -165,10 +177,12 @@ def post_at(threshold: float, post: dict = POST_DEFAULTS) -> dict:
     gap = post['threshold_on'] - post['threshold_off']
     return {**post, 'threshold_on': threshold, 'threshold_off': max(threshold - gap, 0.0)}
 
+# %% ../nbs/api/09a_detect.ipynb #00ef5a20
 def default_post(det: LoadedDetector) -> dict:
     "The post-processing a detector's events are made with: the authors' for released weights, else `POST_DEFAULTS`."
     return POST_DEFAULTS if det.profile is None else RELEASED_POST
 
+# %% ../nbs/api/09a_detect.ipynb #4af4c35e
 def operating_point(det: LoadedDetector, fa_per_24h: float = 10, threshold: float | None = None,
                     scorer: str = 'ovlp') -> dict:
     "The threshold and post-processing to detect with: the one chosen on dev for `fa_per_24h`, or `threshold`."
@@ -205,6 +219,12 @@ def write_szcore_tsv(path, events, duration_s: float, start: datetime | None = N
     path.write_text('\n'.join(lines) + '\n')
     return path
 
+# %% ../nbs/api/09a_detect.ipynb #d1e2f3a4
+def profile_probabilities(det: LoadedDetector, reader: EegReader, batch_size: int = 8) -> np.ndarray:
+    "Probability every `STEP` samples of a whole recording through released weights' own preprocessing profile."
+    return released_probabilities(det.model, reader.read(), reader.sfreq, reader.channels, det.profile,
+                                  batch_size)[::STEP]
+
 # %% ../nbs/api/09a_detect.ipynb #c5770f47
 @dataclass
 class Detection:
@@ -219,11 +239,13 @@ class Detection:
     @property
     def seizure_s(self) -> float: return float(sum(b - a for a, b, _ in self.events))
 
+# %% ../nbs/api/09a_detect.ipynb #fbb00122
 def recording_start(reader: EegReader) -> datetime | None:
     "The recording's start from its header; None where it is anonymised away."
     when = reader.raw.info.get('meas_date')
     return when.replace(tzinfo=None) if when else None
 
+# %% ../nbs/api/09a_detect.ipynb #1fefeb2b
 def detect_recording(det: LoadedDetector, path, point: dict, device='cpu', batch_size: int = 8,
                      autocast=nullcontext, unit: str | None = None) -> tuple[Detection, PreprocessedEeg]:
     "Read, preprocess and predict one recording a block at a time (released weights: whole); events at `point`."
@@ -238,12 +260,6 @@ def detect_recording(det: LoadedDetector, path, point: dict, device='cpu', batch
     duration, rate = reader.n_samples / reader.sfreq, p.sfreq / STEP
     events = file_events(probs_to_events(probs, rate, **point['post']), duration)
     return Detection(Path(path), events, probs, rate, duration, recording_start(reader)), signal
-
-# %% ../nbs/api/09a_detect.ipynb #d1e2f3a4
-def profile_probabilities(det: LoadedDetector, reader: EegReader, batch_size: int = 8) -> np.ndarray:
-    "Probability every `STEP` samples of a whole recording through released weights' own preprocessing profile."
-    return released_probabilities(det.model, reader.read(), reader.sfreq, reader.channels, det.profile,
-                                  batch_size)[::STEP]
 
 # %% ../nbs/api/09a_detect.ipynb #8eb0bebc
 def plot_overview(d: Detection, threshold: float, ax=None):
@@ -262,6 +278,7 @@ def plot_overview(d: Detection, threshold: float, ax=None):
     ax.legend(loc='upper right', fontsize=7)
     return ax
 
+# %% ../nbs/api/09a_detect.ipynb #b519b051
 def plot_page(d: Detection, signal: PreprocessedEeg, channels: list[str], t0: float, page_s: float, threshold: float):
     "One page: `page_s` seconds of every channel from `t0`, the probability and the events above."
     import matplotlib.pyplot as plt
@@ -285,11 +302,13 @@ def plot_page(d: Detection, signal: PreprocessedEeg, channels: list[str], t0: fl
     fig.tight_layout()
     return fig
 
+# %% ../nbs/api/09a_detect.ipynb #f3766195
 def review_pages(d: Detection, page_s: float = 20.0, max_pages: int = 20) -> list[float]:
     "Start of each page: the most confident events first, a quarter page before each onset."
     ranked = sorted(d.events, key=lambda e: -e[2])[:max_pages]
     return [max(0.0, min(a - page_s / 4, d.duration_s - page_s)) for a, _, _ in ranked]
 
+# %% ../nbs/api/09a_detect.ipynb #f43b5ac1
 def write_figures(d: Detection, signal: PreprocessedEeg, channels: list[str], threshold: float, stem: Path,
                   page_s: float = 20.0, max_pages: int = 20) -> list[Path]:
     "`stem.png` (the overview) and `stem.review.pdf` (the overview, then one page per suspect span)."
@@ -329,12 +348,15 @@ def recordings_to_detect(paths) -> list[tuple[Path, Path]]:
                          'instead (outputs mirror the folders) or detect them in separate runs')
     return found
 
+# %% ../nbs/api/09a_detect.ipynb #7fe7ea04
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 def autocast_for(device: torch.device, precision: str):
+    "What to run the model in at `precision` (`--precision`): a context factory, `nullcontext` for fp32."
     dtype = PRECISIONS[precision]
     return (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
 
+# %% ../nbs/api/09a_detect.ipynb #f5a0415d
 def format_summary(rows: list[dict]) -> str:
     "One line per recording: hours, events, seizure seconds, peak probability, or why it failed."
     width = max([len(r['recording']) for r in rows] + [9])

@@ -20,11 +20,13 @@ def pair_index(n_nodes: int) -> torch.Tensor:
     "The `n (n - 1) / 2` node pairs `i < j` as a `(2, n_pairs)` index."
     return torch.triu_indices(n_nodes, n_nodes, offset=1)
 
+# %% ../nbs/api/07b_graph.ipynb #cf0f79e9
 def cosine_similarity_edges(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     "Cosine similarity of node features per pair: `(..., n_nodes, features) -> (..., n_pairs)`."
     unit = F.normalize(x, dim=-1, eps=1e-6)
     return (unit[..., pairs[0], :] * unit[..., pairs[1], :]).sum(-1)
 
+# %% ../nbs/api/07b_graph.ipynb #0e566516
 def dense_adjacency(weights: torch.Tensor, pairs: torch.Tensor, n_nodes: int) -> torch.Tensor:
     "Symmetric `(..., n, n)` adjacency with a zero diagonal from `(..., n_pairs)` edge weights."
     adjacency = weights.new_zeros(*weights.shape[:-1], n_nodes, n_nodes)
@@ -32,6 +34,7 @@ def dense_adjacency(weights: torch.Tensor, pairs: torch.Tensor, n_nodes: int) ->
     adjacency[..., pairs[1], pairs[0]] = weights
     return adjacency
 
+# %% ../nbs/api/07b_graph.ipynb #b04d1ed4
 def sparsify(adjacency: torch.Tensor, top_k: int, threshold: float) -> torch.Tensor:
     "Keep each node's `top_k` strongest edges (kept if either end keeps it) that are above `threshold`."
     n = adjacency.shape[-1]
@@ -72,6 +75,7 @@ def gcn_normalized(adjacency: torch.Tensor) -> torch.Tensor:
     inv_sqrt = looped.sum(-1).rsqrt()
     return inv_sqrt[..., :, None] * looped * inv_sqrt[..., None, :]
 
+# %% ../nbs/api/07b_graph.ipynb #2ee91ad8
 class DenseSSGConv(nn.Module):
     "`torch_geometric.nn.SSGConv` on dense batched graphs: `x (..., n, F)`, normalised adjacency `(..., n, n)`."
     def __init__(self, in_channels: int, out_channels: int, alpha: float, K: int = 1, bias: bool = True):
@@ -94,17 +98,20 @@ def normalized_laplacian(adjacency: torch.Tensor) -> torch.Tensor:
     eye = torch.eye(adjacency.shape[-1], dtype=adjacency.dtype, device=adjacency.device)
     return eye - inv_sqrt[..., :, None] * adjacency * inv_sqrt[..., None, :]
 
+# %% ../nbs/api/07b_graph.ipynb #6b92106a
 def oriented_eigh(matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "`eigh` with each eigenvector's largest-magnitude entry made positive."
     values, vectors = torch.linalg.eigh(matrices)
     peak = vectors.gather(-2, vectors.abs().argmax(-2, keepdim=True))
     return values, vectors * torch.where(peak < 0, -1.0, 1.0).to(vectors.dtype)
 
+# %% ../nbs/api/07b_graph.ipynb #a06b4236
 def broadened_inverse_gaps(values: torch.Tensor, gap_eps: float) -> torch.Tensor:
     "`F[i, j] = d / (d^2 + gap_eps)`, `d = values[j] - values[i]`: 1/d for distinct eigenvalues, 0 for equal ones."
     gaps = values[..., None, :] - values[..., :, None]
     return gaps / (gaps * gaps + gap_eps)
 
+# %% ../nbs/api/07b_graph.ipynb #481388fc
 class LaplacianEigenvectors(torch.autograd.Function):
     "`(G, n, n)` adjacency -> `(G, n, k)` oriented Laplacian eigenvectors, decomposed `chunk_size` graphs at a time."
     @staticmethod
@@ -143,6 +150,7 @@ def align_signs_over_time(vectors: torch.Tensor) -> torch.Tensor:
     signs = torch.cat([first, flips], dim=1).cumprod(dim=1)
     return vectors * signs
 
+# %% ../nbs/api/07b_graph.ipynb #24c9fe5f
 def laplacian_pe(adjacency: torch.Tensor, k: int, interval: int = 1, dynamic: bool = True, chunk_size: int = 4096,
                  gap_eps: float = 1e-6, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     "Laplacian eigenvectors `(B, T, n, k)` of adjacency `(B, T, n, n)`: every `interval` steps, or once per window."

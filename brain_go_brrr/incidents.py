@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from . import graph
-from .graph import normalized_laplacian, oriented_eigh, align_signs_over_time, dense_adjacency, pair_index, sparsify
+from .graph import (normalized_laplacian, oriented_eigh, align_signs_over_time, dense_adjacency,
+                                 pair_index, sparsify)
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'reference_laplacian_pe', 'graph_pe', 'eigen_gaps', 'distinct_weights', 'pe_gradient', 'finite_norm',
@@ -21,7 +22,8 @@ __all__ = ['PRECISIONS', 'reference_laplacian_pe', 'graph_pe', 'eigen_gaps', 'di
 def reference_laplacian_pe(adjacency: torch.Tensor, k: int, interval: int = 1, dynamic: bool = True,
                            chunk_size: int | None = None, gap_eps: float | None = None,
                            dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    "`laplacian_pe` as the reference computed it: all `B x T` graphs at once, `torch.linalg.eigh` and its own backward, then subsampled (`chunk_size`, `gap_eps` ignored)."
+    """`laplacian_pe` as the reference computed it: all `B x T` graphs at once, `torch.linalg.eigh` and its own
+    backward, then subsampled (`chunk_size`, `gap_eps` ignored)."""
     B, T, n, _ = adjacency.shape
     with torch.autocast(adjacency.device.type, enabled=False):
         steps = adjacency if dynamic else adjacency.mean(1, keepdim=True)
@@ -32,6 +34,7 @@ def reference_laplacian_pe(adjacency: torch.Tensor, k: int, interval: int = 1, d
     held = vectors[:, ::interval]
     return held.repeat_interleave(interval, dim=1)[:, :T] if interval > 1 else held
 
+# %% ../nbs/api/14_incidents.ipynb #2af7b459
 @contextmanager
 def graph_pe(pe=reference_laplacian_pe):
     "Inside the block, every `GraphStream` computes its encoding with `pe` (signature of `laplacian_pe`)."
@@ -45,6 +48,7 @@ def eigen_gaps(adjacency: torch.Tensor) -> torch.Tensor:
     values = torch.linalg.eigvalsh(normalized_laplacian(adjacency.detach().double()))
     return values.diff(dim=-1).min(-1).values
 
+# %% ../nbs/api/14_incidents.ipynb #381affcb
 def distinct_weights(adjacency: torch.Tensor) -> float:
     "Mean over graphs of (distinct positive edge weights) / (positive edges), upper triangle."
     a = adjacency.detach().reshape(-1, *adjacency.shape[-2:])
@@ -52,6 +56,7 @@ def distinct_weights(adjacency: torch.Tensor) -> float:
     fractions = [w[w > 0].unique().numel() / max(int((w > 0).sum()), 1) for w in a[:, upper[0], upper[1]]]
     return float(np.mean(fractions))
 
+# %% ../nbs/api/14_incidents.ipynb #81e6cf81
 def pe_gradient(pe, adjacency: torch.Tensor, k: int, seed: int = 0, **pe_kw) -> torch.Tensor:
     "d/d adjacency of `(pe(adjacency, k) * probe).sum()`, `probe` a seeded standard normal."
     adjacency = adjacency.detach().clone().requires_grad_()
@@ -59,13 +64,12 @@ def pe_gradient(pe, adjacency: torch.Tensor, k: int, seed: int = 0, **pe_kw) -> 
     probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
     return torch.autograd.grad((out * probe).sum(), adjacency)[0]
 
+# %% ../nbs/api/14_incidents.ipynb #c5c6d752
 def finite_norm(t: torch.Tensor) -> float:
     "The 2-norm of `t` in float64: `nan` or `inf` when any entry is."
     return float(t.double().norm())
 
-# %% ../nbs/api/14_incidents.ipynb #9e34e7af
-PRECISIONS = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': torch.float32}
-
+# %% ../nbs/api/14_incidents.ipynb #725a8248
 def _watch_adjacency_gradient(model, record: dict):
     "Record in `record['adjacency_grad_finite']` whether the gradient reaching the edge stream's output is finite."
     def forward_hook(module, inputs, output):
@@ -73,9 +77,13 @@ def _watch_adjacency_gradient(model, record: dict):
             output.register_hook(lambda g: record.__setitem__('adjacency_grad_finite', bool(torch.isfinite(g).all())))
     return model.edge_stream.register_forward_hook(forward_hook)
 
+# %% ../nbs/api/14_incidents.ipynb #9e34e7af
+PRECISIONS = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': torch.float32}
+
 def train_steps(model, batches, precision: str = 'fp32', lr: float = 1e-3, grad_clip: float = 1.0,
                 skip_nonfinite: bool = True, sanitize: bool = False, device: str = 'cpu') -> dict:
-    "Train `model` one step per `(x, y)` of `batches` with `train`'s own `train_step`; per-step records and where non-finite values first appeared."
+    """Train `model` one step per `(x, y)` of `batches` with `train`'s own `train_step`; per-step records and where
+    non-finite values first appeared."""
     from brain_go_brrr.train import NanDebugger, train_step  # here: the memory probe's processes import only torch
     dtype = PRECISIONS[precision]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -116,8 +124,12 @@ module, name = target.split(':')
 run = getattr(importlib.import_module(module), name)(**kwargs)
 out = dict(oom=False, error=None)
 if device == 'cuda':
-    torch.cuda.synchronize(); before = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
-    if budget: torch.cuda.set_per_process_memory_fraction(min(1.0, (before + budget) / torch.cuda.get_device_properties(0).total_memory))
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    if budget:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, (before + budget) / total))
 else:
     if budget: resource.setrlimit(resource.RLIMIT_AS, (status('VmSize') + budget, resource.RLIM_INFINITY))
     open('/proc/self/clear_refs', 'w').write('5')
@@ -125,9 +137,12 @@ else:
 t0 = time.perf_counter()
 try: run()
 except (RuntimeError, MemoryError) as e:
-    if 'out of memory' not in str(e).lower() and "can't allocate memory" not in str(e) and not isinstance(e, MemoryError): raise
+    out_of_memory = 'out of memory' in str(e).lower() or "can't allocate memory" in str(e) or isinstance(e, MemoryError)
+    if not out_of_memory: raise
     out.update(oom=True, error=str(e).splitlines()[0][:300])
-if device == 'cuda': torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated() - before
+if device == 'cuda':
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
 else: peak = status('VmHWM') - before
 out.update(peak_bytes=None if out['oom'] else peak, seconds=time.perf_counter() - t0, device=device)
 print(json.dumps(out))
@@ -135,7 +150,8 @@ print(json.dumps(out))
 
 def peak_memory(target: str, kwargs: dict | None = None, device: str = 'cpu', budget_bytes: int | None = None,
                 timeout: float = 600) -> dict:
-    "Peak memory of `target(**kwargs)()` above its baseline, in a fresh process: `peak_bytes` (None on OOM), `oom`, `seconds`."
+    """Peak memory of `target(**kwargs)()` above its baseline, in a fresh process: `peak_bytes` (None on OOM), `oom`,
+    `seconds`."""
     env = os.environ | {'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
     proc = subprocess.run([sys.executable, '-c', _PEAK_DRIVER, target, json.dumps(kwargs or {}), device,
                            json.dumps(budget_bytes)],
@@ -160,10 +176,12 @@ def pe_workload(batch: int, steps: int = 960, interval: int = 1, chunk_size: int
         (graph.laplacian_pe(adjacency, k, interval, chunk_size=chunk_size or graphs) * probe).sum().backward()
     return run
 
+# %% ../nbs/api/14_incidents.ipynb #95edc77b
 def detector_workload(params_file: str, batch: int | None = None, interval: int | None = None,
                       chunk_size: int | None = None,
                       seed: int = 0, device: str = 'cpu'):
-    "The detector of `params_file` (batch, window, model), forward+backward on one random batch; `None` keeps the file's value."
+    """The detector of `params_file` (batch, window, model), forward+backward on one random batch; `None` keeps the
+    file's value."""
     from brain_go_brrr.params import load_params
     from brain_go_brrr.model import Detector
     p = load_params(params_file)
@@ -183,6 +201,7 @@ def fit_line(x, y) -> dict:
     r2 = 1 - (residual ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-300)
     return dict(intercept=float(intercept), slope=float(slope), r2=float(r2))
 
+# %% ../nbs/api/14_incidents.ipynb #d3423eae
 def _json_safe(v):
     if isinstance(v, dict): return {str(k): _json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)): return [_json_safe(x) for x in v]
@@ -193,8 +212,10 @@ def _json_safe(v):
     if isinstance(v, Path): return str(v)
     return v
 
+# %% ../nbs/api/14_incidents.ipynb #67f3b693
 def write_incident(run_dir, incident: str, reproduced: bool | None, prevented: bool | None, **figures) -> dict:
-    "Write `run_dir/incident.json` (None: that side was not run; non-finite numbers as 'nan', 'inf', '-inf'); return it."
+    """Write `run_dir/incident.json` (None: that side was not run; non-finite numbers as 'nan', 'inf', '-inf'); return
+    it."""
     flag = lambda v: None if v is None else bool(v)
     record = _json_safe(dict(incident=incident, reproduced=flag(reproduced), prevented=flag(prevented), **figures))
     path = Path(run_dir) / 'incident.json'

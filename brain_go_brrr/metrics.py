@@ -58,7 +58,7 @@ class SplitRecordings:
                 '(all their seizures count as missed)')
         return line + ''.join(f'\n  {t}: {why}' for t, why in self.refused.items())
 
-
+# %% ../nbs/api/10a_metrics.ipynb #mt-split
 def split_recordings(files, failures: Sequence[Mapping] = ()) -> SplitRecordings:
     """Every recording of `files` (`tusz.discover(data_dir, split)`: each with `bname`, `subject`, `csv_bi`, `csv`)
     with its reference; `failures` (`Cache.failures`: `token` and `reason`) are the ones the pipeline refused."""
@@ -89,7 +89,7 @@ def seizure_types(seizures: Sequence[tuple[float, float]], channel_events) -> li
         types.append(max(overlap, key=overlap.get) if overlap else UNTYPED)
     return types
 
-
+# %% ../nbs/api/10a_metrics.ipynb #mt-reftypes
 def reference_types(split: SplitRecordings) -> dict[str, list[str]]:
     "Per recording, the type of each reference seizure in timeline order, from its per-channel `.csv`."
     types = {}
@@ -100,7 +100,7 @@ def reference_types(split: SplitRecordings) -> dict[str, list[str]]:
         types[token] = seizure_types(seizures, events)
     return types
 
-
+# %% ../nbs/api/10a_metrics.ipynb #mt-typesens
 def type_sensitivity(split: SplitRecordings, hyp_events: Mapping[str, list],
                      types: Mapping[str, list] | None = None) -> dict[str, dict]:
     "Per seizure type: reference seizures `n`, OVLP `hits` and `sensitivity` (None without seizures), every recording."
@@ -123,7 +123,7 @@ def recording_aurocs(probs_by_token: Mapping[str, np.ndarray], ref_events: Mappi
         if y.any() and not y.all(): aurocs[token] = float(roc_auc_score(y, p))
     return aurocs
 
-
+# %% ../nbs/api/10a_metrics.ipynb #mt-dist
 def auroc_distribution(aurocs: Mapping[str, float]) -> dict:
     "Count, quartiles, extremes and mean of per-recording AUROCs (None when there are none)."
     a = np.array(list(aurocs.values()), float)
@@ -131,7 +131,7 @@ def auroc_distribution(aurocs: Mapping[str, float]) -> dict:
     q = np.percentile(a, [0, 25, 50, 75, 100])
     return dict(n=len(a), **dict(zip(('min', 'q1', 'median', 'q3', 'max'), q.tolist())), mean=float(a.mean()))
 
-
+# %% ../nbs/api/10a_metrics.ipynb #mt-cal
 def calibration(y, p, n_bins: int = 10) -> dict:
     "Equal-width bins of probability: samples, mean probability and seizure fraction per bin, and the `ece`."
     y, p = np.asarray(y, float), np.asarray(p, float)
@@ -143,7 +143,7 @@ def calibration(y, p, n_bins: int = 10) -> dict:
     return dict(ece=float(np.abs(sum_y - sum_p).sum() / max(len(p), 1)), n_bins=n_bins, edges=edges.tolist(),
                 count=count.tolist(), mean_prob=per_bin(sum_p), frac_seizure=per_bin(sum_y))
 
-
+# %% ../nbs/api/10a_metrics.ipynb #mt-plot
 def plot_reliability(cal: Mapping, ax=None):
     "The reliability diagram of `calibration(...)`: observed seizure fraction against mean probability per bin."
     import matplotlib.pyplot as plt
@@ -160,7 +160,6 @@ def plot_reliability(cal: Mapping, ax=None):
 
 # %% ../nbs/api/10a_metrics.ipynb #00a14012
 CI_SCORERS = ('ovlp', 'taes', 'szcore_event', 'szcore_sample')
-AUROC_BINS = 1000
 _FA_UNIT = {'epoch': EPOCH_S}  # an epoch false alarm counts 0.25 s
 
 
@@ -177,6 +176,9 @@ def recording_counts(pairs: Sequence[tuple[Annotation, Annotation]],
             rows[name].append((c.targets, c.hits, c.false_alarms * _FA_UNIT.get(name, 1), seconds))
     return {name: np.array(r, float).reshape(-1, 4) for name, r in rows.items()}
 
+# %% ../nbs/api/10a_metrics.ipynb #mt-hist
+AUROC_BINS = 1000
+
 
 def auroc_histograms(probs_by_token: Mapping[str, np.ndarray], ref_events: Mapping[str, list], sfreq: float,
                      tokens: Sequence[str], n_bins: int = AUROC_BINS, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -189,14 +191,14 @@ def auroc_histograms(probs_by_token: Mapping[str, np.ndarray], ref_events: Mappi
         pos[row], neg[row] = np.bincount(k[y], minlength=n_bins), np.bincount(k[~y], minlength=n_bins)
     return pos, neg
 
-
+# %% ../nbs/api/10a_metrics.ipynb #mt-hauroc
 def histogram_auroc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     "AUROC from binned seizure and background counts (bins on the last axis); NaN without both classes."
     below = np.cumsum(neg, -1) - neg
     with np.errstate(invalid='ignore', divide='ignore'):
         return (pos * (below + 0.5 * neg)).sum(-1) / (pos.sum(-1) * neg.sum(-1))
 
-
+# %% ../nbs/api/10a_metrics.ipynb #mt-weights
 def subject_weights(subjects: Sequence[str], n_resamples: int, seed: int) -> np.ndarray:
     "How often each recording's subject is drawn in each resample of the subjects: (n_resamples, recordings)."
     names, subject_of = np.unique(np.asarray(subjects), return_inverse=True)
@@ -205,18 +207,18 @@ def subject_weights(subjects: Sequence[str], n_resamples: int, seed: int) -> np.
     counts = np.bincount((draws + offsets).ravel(), minlength=n_resamples * len(names))
     return counts.reshape(n_resamples, len(names))[:, subject_of]
 
-
+# %% ../nbs/api/10a_metrics.ipynb #mt-ratio
 def _ratio(num, den):
     with np.errstate(invalid='ignore', divide='ignore'): return np.where(den > 0, num / den, np.nan)
 
-
+# %% ../nbs/api/10a_metrics.ipynb #mt-interval
 def _interval(value, resampled, level: float) -> dict:
     finite = resampled[np.isfinite(resampled)]
     low, high = np.percentile(finite, [50 * (1 - level), 50 * (1 + level)]) if len(finite) else (None, None)
     as_float = lambda x: None if x is None or not math.isfinite(x) else float(x)
     return dict(value=as_float(float(value)), low=as_float(low), high=as_float(high))
 
-
+# %% ../nbs/api/10a_metrics.ipynb #mt-boot
 def bootstrap_ci(subjects: Sequence[str], counts: Mapping[str, np.ndarray], histograms=None,
                  n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Percentile intervals over resampled subjects: per scorer of `counts` (`recording_counts`), `sensitivity` and

@@ -91,6 +91,7 @@ class TemporalBlock(nn.Module):
     def forward(self, x):
         return self.pool(self.dropout(F.gelu(self.norm(self.conv(x)))) + self.residual(x))
 
+# %% ../nbs/api/07_model.ipynb #973b0f2c
 class TCNEncoder(nn.Sequential):
     "`(B, n_channels, T) -> (B, tcn_channels, T / tcn_downsample)`."
     def __init__(self, cfg: DetectorConfig):
@@ -149,16 +150,19 @@ def model_name(cfg) -> str:
     "The `name` of a model configuration, a mapping or a config; a file without one (older than the baseline) is v3."
     return (cfg.get('name') if isinstance(cfg, dict) else getattr(cfg, 'name', None)) or 'v3'
 
+# %% ../nbs/api/07_model.ipynb #8eb547dc
 ModelConfig = Annotated[Union[tuple(Annotated[c, Tag(n)] for n, c in MODEL_CONFIGS.items())], Discriminator(model_name)]
 
 def model_config(mapping: dict | None) -> DetectorConfig | SeizureTransformerConfig:
     "The configuration a parameter file's `model:` mapping describes, chosen by its `name` (default v3)."
     return TypeAdapter(ModelConfig).validate_python(mapping or {})
 
+# %% ../nbs/api/07_model.ipynb #9aad03a6
 def field_of(loc: tuple) -> str:
     "The dotted field of a validation error's location inside a model configuration, without the union's tag."
     return '.'.join(str(k) for i, k in enumerate(loc) if not (i == 0 and k in MODEL_CONFIGS))
 
+# %% ../nbs/api/07_model.ipynb #ec5d51e7
 def window_problems(cfg: DetectorConfig | SeizureTransformerConfig, n_samples: int) -> list[str]:
     "Why windows of `n_samples` samples cannot go through the model `cfg` describes; [] when they can."
     if cfg.name == 'seizure_transformer':
@@ -170,6 +174,7 @@ def window_problems(cfg: DetectorConfig | SeizureTransformerConfig, n_samples: i
     return [f'window_s * sfreq = {n_samples} samples is not divisible by model.tcn_downsample={cfg.tcn_downsample}: '
             'change window_s or sfreq']
 
+# %% ../nbs/api/07_model.ipynb #e618f7e6
 def build_detector(cfg: DetectorConfig | SeizureTransformerConfig, edge_clamp: bool = True) -> nn.Module:
     "The model a configuration describes, with the run's edge-clamp guard (V3's); training and detection build it here."
     if cfg.name == 'seizure_transformer': return SeizureTransformer(cfg)
@@ -181,6 +186,7 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     counts = {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in model.BLOCKS}
     return counts | {'total': sum(p.numel() for p in model.parameters())}
 
+# %% ../nbs/api/07_model.ipynb #b5c4e31d
 def traced_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple]]:
     "Output shape of each top-level block (in call order) for input `x`, plus the input and output."
     shapes = []
@@ -192,6 +198,7 @@ def traced_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple]]:
         for h in hooks: h.remove()
     return [('input', tuple(x.shape))] + shapes + [('logits', tuple(out.shape))]
 
+# %% ../nbs/api/07_model.ipynb #c3dbad9a
 def model_summary(cfg: DetectorConfig | SeizureTransformerConfig, batch: int = 1, n_samples: int = 60 * 256) -> str:
     "Parameters per block and total, and tensor shapes through the model, as printable text."
     with torch.device('meta'):
@@ -218,6 +225,7 @@ def detector_input(path: str | Path) -> tuple[DetectorConfig | SeizureTransforme
     if problems := window_problems(cfg, n_samples): raise ValueError(f'{path}: {problems[0]}')
     return cfg, n_samples
 
+# %% ../nbs/api/07_model.ipynb #462918c1
 def model_summary_cli(argv: list[str] | None = None) -> int:
     "Print parameters per block and tensor shapes of the model a parameter file describes."
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr model-summary', description=model_summary_cli.__doc__)

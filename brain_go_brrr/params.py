@@ -123,6 +123,7 @@ def closest(name: str, names) -> str:
     near = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
     return f'; did you mean {near[0]!r}?' if near else ''
 
+# %% ../nbs/api/00_params.ipynb #4f20ee93
 def model_problems(m: DetectorConfig | SeizureTransformerConfig) -> list[str]:
     "Sizes and rates of the model that would only fail inside the forward pass (or never, and train nonsense)."
     problems = [f'model.{k} = {v}: must be at least 1' for k, v in m if type(v) is int and v < 1]
@@ -150,6 +151,20 @@ class ParamsError(ValueError):
         self.problems = problems
         super().__init__('\n'.join(problems))
 
+# %% ../nbs/api/00_params.ipynb #1e7a0e36
+def read_params_file(path) -> dict:
+    "The mapping in a YAML parameter file; malformed YAML, an empty file or a non-mapping is an error naming the file."
+    try: data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        raise ParamsError([f'{path}: not valid YAML{f" (line {mark.line + 1})" if mark else ""}: '
+                           f'{getattr(e, "problem", None) or e}']) from None
+    if data is None: raise ParamsError([f'{path}: the file is empty; write `key: value` lines, e.g. `epochs: 10`'])
+    if not isinstance(data, dict):
+        raise ParamsError([f'{path}: expected a mapping of parameter names to values, got a {type(data).__name__}'])
+    return data
+
+# %% ../nbs/api/00_params.ipynb #54f5c443
 def _problems(e: ValidationError, where: str) -> list[str]:
     out = []
     for err in e.errors():
@@ -165,18 +180,7 @@ def _problems(e: ValidationError, where: str) -> list[str]:
         out += [f'{where}: {field + ": " if field else ""}{line}{given}' for line in msg.splitlines()]
     return out
 
-def read_params_file(path) -> dict:
-    "The mapping in a YAML parameter file; malformed YAML, an empty file or a non-mapping is an error naming the file."
-    try: data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, 'problem_mark', None)
-        raise ParamsError([f'{path}: not valid YAML{f" (line {mark.line + 1})" if mark else ""}: '
-                           f'{getattr(e, "problem", None) or e}']) from None
-    if data is None: raise ParamsError([f'{path}: the file is empty; write `key: value` lines, e.g. `epochs: 10`'])
-    if not isinstance(data, dict):
-        raise ParamsError([f'{path}: expected a mapping of parameter names to values, got a {type(data).__name__}'])
-    return data
-
+# %% ../nbs/api/00_params.ipynb #c575e40a
 def load_params(path=None, **overrides) -> TrainParams:
     "Parameters from a YAML file (optional), then `overrides`, then the environment; validated."
     data = read_params_file(path) if path is not None else {}
@@ -185,6 +189,7 @@ def load_params(path=None, **overrides) -> TrainParams:
     except ValidationError as e:
         raise ParamsError(_problems(e, str(path or 'parameters'))) from None
 
+# %% ../nbs/api/00_params.ipynb #a04f8e3d
 def validate_cli(argv: list[str] | None = None) -> int:
     "`validate FILE...`: one line per problem, naming file and field, and exit 1 when any file is not valid."
     ap = argparse.ArgumentParser(prog='python -m brain_go_brrr validate', description='Validate parameter files.')
@@ -210,6 +215,7 @@ def injected_names(history) -> list[str]:
     return [t.id for node in ast.parse(src).body if isinstance(node, ast.Assign) for t in node.targets
             if isinstance(t, ast.Name)]
 
+# %% ../nbs/api/00_params.ipynb #da5dd0cb
 def refuse_unknown_parameters(ns: dict, allowed) -> None:
     "Raise `ParamsError` when papermill injected into `ns` (a notebook's `globals()`) a name not in `allowed`."
     allowed = set(allowed)

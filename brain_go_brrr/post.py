@@ -17,16 +17,7 @@ __all__ = ['POST_DEFAULTS', 'smooth_probs', 'post_params_with_defaults', 'probs_
 # %% ../nbs/api/09_post.ipynb #d8e2a9f3
 POST_DEFAULTS = dict(smooth_s=1.0, threshold_on=0.8, threshold_off=0.6, min_duration_s=2.0, merge_gap_s=1.0)
 
-
-def _check_post_params(sfreq, smooth_s, threshold_on, threshold_off, min_duration_s, merge_gap_s):
-    if not sfreq > 0: raise ValueError(f'sfreq={sfreq}: the sampling rate of the probabilities must be positive')
-    for name, value in dict(smooth_s=smooth_s, min_duration_s=min_duration_s, merge_gap_s=merge_gap_s).items():
-        if not value >= 0: raise ValueError(f'{name}={value}: must be zero or more seconds')
-    if not 0 <= threshold_off <= threshold_on:
-        raise ValueError(f'threshold_off={threshold_off}, threshold_on={threshold_on}: need 0 <= off <= on '
-                         '(hysteresis: an event starts at on and ends below off)')
-
-
+# %% ../nbs/api/09_post.ipynb #5f749ac3
 def smooth_probs(probs, sfreq: float, smooth_s: float) -> np.ndarray:
     "Centred moving average over `smooth_s` seconds; near the ends, the average of the samples there are."
     p = np.asarray(probs, dtype=float)
@@ -49,7 +40,7 @@ def _ranges(lo, hi):
     first = np.repeat(np.cumsum(counts) - counts, counts)
     return np.repeat(lo, counts) + np.arange(counts.sum()) - first, np.repeat(np.arange(len(lo)), counts)
 
-
+# %% ../nbs/api/09_post.ipynb #5c8ddf1e
 def _level_runs(s, levels) -> list[tuple[np.ndarray, np.ndarray]]:
     "For each ascending level `v`: the runs `[start, stop)` of samples with `s >= v`."
     reached = np.searchsorted(levels, s, side='right')  # s[i] >= levels[l]  <=>  l < reached[i]
@@ -66,7 +57,24 @@ def _level_runs(s, levels) -> list[tuple[np.ndarray, np.ndarray]]:
     starts, stops = starts[o_start], stops[o_stop]
     return [(starts[a:b], stops[c:d]) for a, b, c, d in zip(cut_start, cut_start[1:], cut_stop, cut_stop[1:])]
 
-# %% ../nbs/api/09_post.ipynb #1170a8a2
+# %% ../nbs/api/09_post.ipynb #80b03f87
+def post_params_with_defaults(post_params: Mapping | None = None) -> dict:
+    "`POST_DEFAULTS` updated with `post_params` (a dict or a pydantic model); unknown names are refused."
+    given = dict(post_params or {})
+    if unknown := sorted(set(given) - set(POST_DEFAULTS)):
+        raise ValueError(f'unknown post-processing parameters {unknown}; known: {sorted(POST_DEFAULTS)}')
+    return {**POST_DEFAULTS, **given}
+
+# %% ../nbs/api/09_post.ipynb #9603a4a5
+def _check_post_params(sfreq, smooth_s, threshold_on, threshold_off, min_duration_s, merge_gap_s):
+    if not sfreq > 0: raise ValueError(f'sfreq={sfreq}: the sampling rate of the probabilities must be positive')
+    for name, value in dict(smooth_s=smooth_s, min_duration_s=min_duration_s, merge_gap_s=merge_gap_s).items():
+        if not value >= 0: raise ValueError(f'{name}={value}: must be zero or more seconds')
+    if not 0 <= threshold_off <= threshold_on:
+        raise ValueError(f'threshold_off={threshold_off}, threshold_on={threshold_on}: need 0 <= off <= on '
+                         '(hysteresis: an event starts at on and ends below off)')
+
+# %% ../nbs/api/09_post.ipynb #6e6cc9a4
 def _events(s_padded, sfreq, off_runs, on_runs, min_duration_s, merge_gap_s):
     """Hysteresis, minimum duration and merging on the runs of one (on, off) pair -> `(start_s, stop_s, prob)`;
     `s_padded`: the smoothed probabilities and one more value, so a run may end at the last sample."""
@@ -84,15 +92,7 @@ def _events(s_padded, sfreq, off_runs, on_runs, min_duration_s, merge_gap_s):
     peaks = np.maximum.reduceat(s_padded, np.ravel([starts, stops], 'F'))[::2]
     return [(a / sfreq, b / sfreq, float(p)) for a, b, p in zip(starts.tolist(), stops.tolist(), peaks)]
 
-
-def post_params_with_defaults(post_params: Mapping | None = None) -> dict:
-    "`POST_DEFAULTS` updated with `post_params` (a dict or a pydantic model); unknown names are refused."
-    given = dict(post_params or {})
-    if unknown := sorted(set(given) - set(POST_DEFAULTS)):
-        raise ValueError(f'unknown post-processing parameters {unknown}; known: {sorted(POST_DEFAULTS)}')
-    return {**POST_DEFAULTS, **given}
-
-
+# %% ../nbs/api/09_post.ipynb #1170a8a2
 def probs_to_events_sweep(probs, sfreq: float, thresholds: Sequence[float], post_params: Mapping) -> list[list]:
     """`probs_to_events` at each of `thresholds` used as `threshold_on`, with `threshold_off` kept the same
     distance below it (at least 0); smoothing is done once."""
@@ -108,7 +108,7 @@ def probs_to_events_sweep(probs, sfreq: float, thresholds: Sequence[float], post
     return [_events(s_padded, sfreq, at[off], at[on], p['min_duration_s'], p['merge_gap_s'])
             for on, off in zip(ons.tolist(), offs.tolist())]
 
-
+# %% ../nbs/api/09_post.ipynb #c327743f
 def probs_to_events(probs, sfreq: float, *, smooth_s: float, threshold_on: float, threshold_off: float,
                     min_duration_s: float, merge_gap_s: float) -> list[tuple[float, float, float]]:
     "Seizure events `(start_s, stop_s, prob)` from per-sample probabilities at `sfreq`."
@@ -145,7 +145,7 @@ def file_events(events, duration_s: float) -> list:
     cut = [(round(a, 4), round(min(b, duration_s), 4), *rest) for a, b, *rest in events]
     return [e for e in cut if e[0] < e[1]]
 
-
+# %% ../nbs/api/09_post.ipynb #1f4865e5
 def write_hypotheses(out_dir, probs_by_token: Mapping[str, np.ndarray], sfreq: float, post_params: Mapping, *,
                      durations: Mapping[str, float] | None = None,
                      ref_paths: Mapping[str, str | Path] | None = None) -> tuple[Path | None, Path]:

@@ -22,6 +22,7 @@ def repository_root(start=None) -> Path:
                                 'repository (the folder with settings.ini, params/ and nbs/)')
     return root
 
+# %% ../nbs/api/00b_runs.ipynb #1bc956c0
 def at_repository_root() -> Path:
     "Make the repository root the working directory, so a run's relative paths are the repository's; returns it."
     root = repository_root()
@@ -44,6 +45,7 @@ def data_dir_of(p: TrainParams) -> Path:
     "The corpus of run `p`: its `data_dir`, else the embedded corpus."
     return Path(p.data_dir) if p.data_dir else embedded_corpus(p)
 
+# %% ../nbs/api/00b_runs.ipynb #22f01f4a
 def cache_dir_of(p: TrainParams, split: str) -> Path:
     "The cache of `split` for run `p`: under its `cache_dir`, else `<output_dir>/cache/<corpus folder name>`."
     root = Path(p.cache_dir) if p.cache_dir else Path(p.output_dir) / 'cache' / data_dir_of(p).name

@@ -32,7 +32,7 @@ LABELS = (SEIZ, BCKG)  # NEDC's default two-class map; every label in a file mus
 EPOCH_S = 0.25  # NEDC's epoch duration
 SECS_PER_DAY = 60 * 60 * 24
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-ann
 class Annotation(NamedTuple):
     "The events `(start_s, stop_s, label)` of one recording, sorted by start, and its duration."
     events: list
@@ -45,7 +45,8 @@ class Annotation(NamedTuple):
 
 # %% ../nbs/api/10_scoring.ipynb #08f0e580
 def check_events(events, duration: float, locators: Sequence[str]) -> list:
-    "`events` sorted by start, or an `AnnotationError` at the first unknown label, empty span, overlap or event past the end."
+    """`events` sorted by start, or an `AnnotationError` at the first unknown label, empty span, overlap or event past
+    the end."""
     order = sorted(range(len(events)), key=lambda k: events[k][0])
     for k in order:
         start, stop, label = events[k]
@@ -64,9 +65,10 @@ def check_events(events, duration: float, locators: Sequence[str]) -> list:
                               f'# duration of {duration} s; clip it to the recording')
     return [events[k] for k in order]
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-read
 def read_csv_bi(path) -> Annotation:
-    "A TUSZ `.csv_bi` file as scoring reads it (through `tusz.read_annotation`): TERM events, checked, and its duration."
+    """A TUSZ `.csv_bi` file as scoring reads it (through `tusz.read_annotation`): TERM events, checked, and its
+    duration."""
     ann = read_annotation(path)
     if ann.duration is None:
         raise AnnotationError(f'{path}: no "# duration = N secs" header line; add the recording duration')
@@ -105,7 +107,7 @@ class Counts:
     def __add__(self, other):
         return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-metrics
 def nedc_metrics(counts: Counts, duration_s: float, fa_unit_s: float | None = None) -> dict:
     "NEDC's sensitivity, precision, F1 and false alarms per 24 h (`fa_unit_s`: seconds per false alarm, epoch)."
     tp, fn, fp = counts.hits, counts.misses, counts.false_alarms
@@ -122,7 +124,7 @@ def _intervals(timeline, label):
     spans = [(s, e) for s, e, lab in timeline if lab == label]
     return np.array([s for s, _ in spans], float), np.array([e for _, e in spans], float)
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-overlapped
 def _overlapped(starts, stops, other_starts, other_stops):
     "For each interval, whether some other interval overlaps it by more than a touch."
     k = np.searchsorted(other_stops, starts, side='right')  # first other interval ending after the start
@@ -131,13 +133,13 @@ def _overlapped(starts, stops, other_starts, other_stops):
     hit[inside] = other_starts[k[inside]] < stops[inside]
     return hit
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-ovlp-hits
 def ovlp_hits(ref, hyp, label: str = SEIZ) -> np.ndarray:
     "For each `label` event of the reference timeline, in order: whether OVLP counts it hit."
     (rs, re), (hs, he) = _intervals(ref, label), _intervals(hyp, label)
     return _overlapped(rs, re, hs, he)
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-ovlp-counts
 def ovlp_counts(ref, hyp, label: str = SEIZ) -> Counts:
     "NEDC OVLP on two timelines: a target is hit by any overlapping hypothesis of its label."
     (rs, re), (hs, he) = _intervals(ref, label), _intervals(hyp, label)
@@ -150,7 +152,7 @@ def _share_a_second(a, b) -> bool:
     "NEDC TAES's overlap test: the events' whole-second ranges `int(start)..int(stop)` intersect."
     return int(a[0]) <= int(b[1]) and int(b[0]) <= int(a[1])
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-fractions
 def _taes_fractions(ref, hyp):
     "Hit and false-alarm fractions of one hypothesis against one reference event."
     (rs, re), (hs, he) = ref, hyp
@@ -160,7 +162,7 @@ def _taes_fractions(ref, hyp):
     if hs < rs and he > re: return 1.0, min(((he - re) + (rs - hs)) / dur, 1.0)
     return (he - hs) / dur, 0.0
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-pair
 def _taes_pair(R, H, i, j, rflags, hflags):
     "Score reference `i` against hypothesis `j`, consuming the further events either one spans."
     hit, fa = _taes_fractions(R[i], H[j])
@@ -177,7 +179,7 @@ def _taes_pair(R, H, i, j, rflags, hflags):
                 hit, miss, fa = hit + h, miss - h, fa + f
     return hit, miss, fa
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-taes
 def taes_counts(ref, hyp, label: str = SEIZ) -> Counts:
     "NEDC TAES on two timelines: fractional hits, misses and false alarms of `label`."
     R = [(s, e) for s, e, lab in ref if lab == label]
@@ -203,13 +205,13 @@ def _labels_at(timeline, t):
     idx[~found] = len(timeline) - 1
     return np.array([lab for _, _, lab in timeline])[idx]
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-epoch-times
 def epoch_times(stop_s: float, epoch_s: float = EPOCH_S) -> np.ndarray:
     "Epoch centres `epoch_s/2 + i*epoch_s` up to and including `stop_s`, computed as NEDC does."
     t = epoch_s / 2.0 + np.arange(int(stop_s / epoch_s) + 2) * epoch_s
     return t[t <= stop_s]
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-epoch
 def epoch_counts(ref, hyp, label: str = SEIZ, epoch_s: float = EPOCH_S) -> Counts:
     "NEDC epoch scoring on two timelines: counts of 0.25 s epochs of `label`."
     t = epoch_times(ref[-1][1], epoch_s)
@@ -250,7 +252,7 @@ def dp_align(ref_labels: tuple, hyp_labels: tuple) -> tuple:
         i, j = i - (s != _INS), j - (s != _DEL)
     return tuple(path[::-1][1:-1])  # without the dummy frame
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-dpalign
 def dpalign_counts(ref, hyp, label: str = SEIZ) -> Counts:
     "NEDC DP alignment on two timelines: hits are aligned equal labels, false alarms insertions."
     pairs = dp_align(tuple(lab for *_, lab in ref), tuple(lab for *_, lab in hyp))
@@ -264,7 +266,7 @@ SZCORE_EVENT = dict(toleranceStart=30, toleranceEnd=60, minOverlap=0, maxEventDu
                     minDurationBetweenEvents=90)  # timescoring's defaults, SzCORE's settings
 SZCORE_SCORERS = ('szcore_event', 'szcore_sample')
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-ann
 def szcore_annotation(events, duration: float, label: str = SEIZ) -> ts_annotations.Annotation:
     "The `label` events of a recording as SzCORE reads them: a 1 Hz mask, seconds `int(start)` to `int(stop)`."
     mask = np.zeros(int(duration * SZCORE_FS), bool)
@@ -273,7 +275,7 @@ def szcore_annotation(events, duration: float, label: str = SEIZ) -> ts_annotati
         if lab == label: mask[int(start * SZCORE_FS):int(stop * SZCORE_FS)] = True
     return ts_annotations.Annotation(mask, SZCORE_FS)
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-counts
 def szcore_counts(ref_events, hyp_events, duration: float, label: str = SEIZ) -> dict[str, Counts]:
     "timescoring's event and sample counts of one recording (sample counts are seconds)."
     ref, hyp = szcore_annotation(ref_events, duration, label), szcore_annotation(hyp_events, duration, label)
@@ -282,12 +284,12 @@ def szcore_counts(ref_events, hyp_events, duration: float, label: str = SEIZ) ->
     return {name: Counts(int(s.refTrue), int(s.tp), int(s.refTrue - s.tp), int(s.fp))
             for name, s in zip(SZCORE_SCORERS, (event, sample))}
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-duration
 def szcore_duration(duration: float) -> float:
     "The seconds SzCORE counts of a recording: its mask's whole samples."
     return int(duration * SZCORE_FS) / SZCORE_FS
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-metrics
 def szcore_metrics(counts: Counts, duration_s: float) -> dict:
     "Sensitivity, precision, F1 and false alarms per 24 h of pooled counts, by timescoring's own formulas."
     pooled = ts_scoring._Scoring()  # the base of Event- and SampleScoring (timescoring 0.0.7): its computeScores
@@ -299,7 +301,7 @@ def szcore_metrics(counts: Counts, duration_s: float) -> dict:
                 precision=float(pooled.precision), f1=float(pooled.f1), fa_per_24h=float(pooled.fpRate),
                 total_duration_s=duration_s)
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-score
 def szcore_score(recordings: Iterable[tuple[list, list, float]], label: str = SEIZ) -> dict:
     """SzCORE event and sample figures of `(reference events, hypothesis events, duration_s)` per recording:
     counts and durations summed over recordings, then the figures, as SzCORE's cumulated result."""
@@ -313,14 +315,7 @@ def szcore_score(recordings: Iterable[tuple[list, list, float]], label: str = SE
 SCORERS = {'dpalign': dpalign_counts, 'epoch': epoch_counts, 'ovlp': ovlp_counts, 'taes': taes_counts}
 SCORER_SETS = {'nedc': tuple(SCORERS), 'szcore': SZCORE_SCORERS, 'all': (*SCORERS, *SZCORE_SCORERS)}
 
-
-def _check_same_end(ref: Annotation, hyp: Annotation):
-    if round(ref.duration, 4) != round(hyp.duration, 4):
-        raise AnnotationError(f'{hyp.where()}: duration {hyp.duration} s differs from its reference '
-                              f'{ref.path or ref.bname} ({ref.duration} s); write the hypothesis with the '
-                              'reference duration')
-
-
+# %% ../nbs/api/10_scoring.ipynb #sc-timelines
 def score_timelines(pairs: Iterable[tuple[list, list]], scorers: Sequence[str] = tuple(SCORERS),
                     label: str = SEIZ) -> dict:
     "Score `(reference, hypothesis)` timelines with each scorer, counts summed over files as NEDC does."
@@ -330,7 +325,14 @@ def score_timelines(pairs: Iterable[tuple[list, list]], scorers: Sequence[str] =
         for name in scorers: totals[name] = totals[name] + SCORERS[name](ref_tl, hyp_tl, label)
     return {name: nedc_metrics(totals[name], duration, EPOCH_S if name == 'epoch' else None) for name in scorers}
 
+# %% ../nbs/api/10_scoring.ipynb #sc-same-end
+def _check_same_end(ref: Annotation, hyp: Annotation):
+    if round(ref.duration, 4) != round(hyp.duration, 4):
+        raise AnnotationError(f'{hyp.where()}: duration {hyp.duration} s differs from its reference '
+                              f'{ref.path or ref.bname} ({ref.duration} s); write the hypothesis with the '
+                              'reference duration')
 
+# %% ../nbs/api/10_scoring.ipynb #sc-pairs
 def score_pairs(pairs: Iterable[tuple[Annotation, Annotation]], scorers: Sequence[str] = tuple(SCORERS),
                 label: str = SEIZ) -> dict:
     "Score `(reference, hypothesis)` annotation pairs with each scorer (NEDC's, SzCORE's), counts summed over files."
@@ -347,7 +349,7 @@ def score_pairs(pairs: Iterable[tuple[Annotation, Annotation]], scorers: Sequenc
         results.update(szcore_score(((ref.events, hyp.events, ref.duration) for ref, hyp in pairs), label))
     return {name: results[name] for name in scorers}
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-bname
 def pair_by_bname(refs: Sequence[Annotation], hyps: Sequence[Annotation]) -> list[tuple[Annotation, Annotation]]:
     "Pair each reference with the hypothesis of the same `bname`, in reference order."
     by_bname = {}
@@ -365,7 +367,7 @@ def pair_by_bname(refs: Sequence[Annotation], hyps: Sequence[Annotation]) -> lis
                               f'({len(missing)} missing); write one (its header with no rows means "no seizure")')
     return [(ref, by_bname[ref.bname]) for ref in refs]
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-score
 def score(refs: Sequence[Annotation], hyps: Sequence[Annotation], scorers: Sequence[str] = tuple(SCORERS),
           label: str = SEIZ) -> dict:
     "NEDC v6.0.0 (and SzCORE) figures of `label` per scorer: hypotheses paired with references by bname."
@@ -385,7 +387,7 @@ def read_list(list_path) -> list[Annotation]:
     if not anns: raise AnnotationError(f'{list_path}: names no file; write one .csv_bi path a line')
     return anns
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-score-lists
 def score_lists(ref_list, hyp_list, scorers: Sequence[str] = tuple(SCORERS), label: str = SEIZ) -> dict:
     "Score the hypothesis files of `hyp_list` against the references of `ref_list`."
     return score(read_list(ref_list), read_list(hyp_list), scorers, label)
@@ -402,7 +404,7 @@ def format_table(results: Mapping[str, dict]) -> str:
     return '\n'.join([head, *rows, f'label: {SEIZ}; total duration {durations} (SzCORE counts whole seconds per file)'
                        if set(results) & set(SZCORE_SCORERS) else f'label: {SEIZ}; total duration {durations}'])
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-cli
 def score_cli(argv: list[str] | None = None) -> int:
     "`python -m brain_go_brrr score REF_LIST HYP_LIST [--scorer nedc|szcore|all] [--json OUT]`"
     parser = argparse.ArgumentParser(prog='python -m brain_go_brrr score',
@@ -430,7 +432,7 @@ FA_TARGETS = (10, 5, 1)
 THRESHOLDS = tuple((np.arange(1, 100) / 100).tolist())
 POINT_SCORERS = ('ovlp', 'taes')
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-ref-tl
 def _reference_timelines(tokens, ref_events, durations) -> dict:
     for token in tokens:
         if token not in ref_events or token not in durations:
@@ -440,7 +442,7 @@ def _reference_timelines(tokens, ref_events, durations) -> dict:
                                                      [f'{t}: event {k}' for k in range(len(ref_events[t]))]),
                                         float(durations[t]), t)) for t in tokens}
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-sweep
 def threshold_sweep(probs_by_token: Mapping[str, np.ndarray], ref_events: Mapping[str, list],
                     durations: Mapping[str, float], sfreq: float, post_params: Mapping | None = None,
                     thresholds: Sequence[float] = THRESHOLDS, scorers: Sequence[str] = POINT_SCORERS) -> list[dict]:
@@ -455,7 +457,7 @@ def threshold_sweep(probs_by_token: Mapping[str, np.ndarray], ref_events: Mappin
             yield ref_tl, nedc_timeline(hyp)
     return [{'threshold': float(thr), **score_timelines(pairs(k), scorers)} for k, thr in enumerate(thresholds)]
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-pick
 def pick_operating_points(sweep: Sequence[dict], fa_targets: Sequence[float] = FA_TARGETS,
                           scorers: Sequence[str] = POINT_SCORERS) -> dict:
     """Per false-alarm target (keys `"10"`, `"5"`, `"1"`) and scorer: the threshold with the highest sensitivity
@@ -471,7 +473,7 @@ def pick_operating_points(sweep: Sequence[dict], fa_targets: Sequence[float] = F
                                           else {'threshold': best['threshold'], **best[name]})
     return points
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-sens-at-fa
 def sens_at_fa(probs_by_token, ref_events, durations, sfreq, post_params=None, *,
                fa_targets: Sequence[float] = FA_TARGETS, thresholds: Sequence[float] = THRESHOLDS,
                scorers: Sequence[str] = POINT_SCORERS) -> dict:
@@ -479,7 +481,7 @@ def sens_at_fa(probs_by_token, ref_events, durations, sfreq, post_params=None, *
     sweep = threshold_sweep(probs_by_token, ref_events, durations, sfreq, post_params, thresholds, scorers)
     return pick_operating_points(sweep, fa_targets, scorers)
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-report
 def report_at_points(points: Mapping[str, dict], probs_by_token, ref_events, durations, sfreq,
                      post_params=None) -> dict:
     "The figures of other (eval) recordings at the thresholds `points` fixed on dev; same shape as `points`."
@@ -502,7 +504,7 @@ def sample_labels(events, n_samples: int, sfreq: float) -> np.ndarray:
     inside[inside] = t[inside] < stops[k[inside]]
     return inside
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-labelled
 def labelled_samples(probs_by_token: Mapping[str, np.ndarray], ref_events: Mapping[str, list], sfreq: float,
                      stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     "Every `stride`-th sample of all recordings: its reference label (bool) and its probability."
@@ -512,7 +514,7 @@ def labelled_samples(probs_by_token: Mapping[str, np.ndarray], ref_events: Mappi
     p = np.concatenate([np.asarray(p, float)[::stride] for p in probs_by_token.values()])
     return y, p
 
-
+# %% ../nbs/api/10_scoring.ipynb #sc-auc
 def sample_auc(probs_by_token: Mapping[str, np.ndarray], ref_events: Mapping[str, list], sfreq: float,
                stride: int = 1) -> dict:
     "Sample-level `auroc` and `auprc` of the probabilities against the reference (None when one class is absent)."

@@ -39,11 +39,13 @@ def canonical_channel(label: str) -> str:
     name = _REFERENCE.sub('', re.sub(r'^EEG\s+', '', label.strip(), flags=re.I)).upper()
     return ALIASES.get(name, name)
 
+# %% ../nbs/api/02_signal.ipynb #30d159e6
 def channel_reference(label: str) -> str:
     "The reference a label names: `EEG T4-A2` -> `A2`, `EEG FP1-ref` -> `REF`, `Fp1` -> `` (none named)."
     m = _REFERENCE.search(label.strip())
     return m[1].upper() if m else ''
 
+# %% ../nbs/api/02_signal.ipynb #76d0468b
 def channel_names(montage: str = 'referential') -> list[str]:
     "Output channel names of a montage, in order."
     if montage not in MONTAGES: raise ValueError(f'montage must be one of {MONTAGES}, got {montage!r}')
@@ -58,11 +60,13 @@ class SignalError(ValueError):
 EDF_MAGIC, BDF_MAGIC = b'0       ', b'\xffBIOSEMI'
 ANNOTATION_LABELS = ('EDF Annotations', 'BDF Annotations')
 
+# %% ../nbs/api/02_signal.ipynb #0a2e64d7
 def _text(field: bytes) -> str:
     "A header field as text: UTF-8 where it decodes, else latin-1 (so `µ` is read as either 0xC2 0xB5 or 0xB5)."
     try: return field.decode('utf-8').strip()
     except UnicodeDecodeError: return field.decode('latin-1').strip()
 
+# %% ../nbs/api/02_signal.ipynb #a3985aa7
 def read_edf_header(path) -> dict:
     "What decides how to read an EDF/BDF: the format (by its first bytes), the EDF+ type, and each signal's fields."
     with open(path, 'rb') as f: head = f.read(256)
@@ -91,6 +95,26 @@ def volts_per_unit(unit: str) -> float | None:
     key = unit.strip().replace('\u00b5', 'u').replace('\u03bc', 'u').replace('\x83\u00ca', 'u')  # micro, mu, SJIS mu
     return VOLTS_PER_UNIT.get(key.lower())
 
+# %% ../nbs/api/02_signal.ipynb #1cfa92fb
+def _bipolar_hint(raw_names: list[str]) -> str:
+    "A recording of electrode differences only (`FP1-F7`) cannot be turned back into the electrodes."
+    pairs = [n for n in raw_names if re.fullmatch(r'(EEG\s+)?[A-Z0-9]+-[A-Z0-9]+', n.strip(), re.I)
+             and not _REFERENCE.search(n.strip())]
+    if len(pairs) < len(raw_names) / 2: return ''
+    return ('; its channels are bipolar pairs (e.g. ' + ', '.join(pairs[:3]) + '), from which the referential '
+            'electrodes cannot be recovered: export the recording with its referential channels')
+
+# %% ../nbs/api/02_signal.ipynb #5da1c6a6
+def _pick_one(names: list[str], channel: str, ref: str, path) -> str:
+    "The one of `names` referenced to `ref`; say which was taken when there was a choice."
+    same_ref = [n for n in names if channel_reference(n) == ref] or names
+    if len(same_ref) > 1:
+        raise SignalError(f'{path}: duplicate label {channel}: {", ".join(same_ref)} (the other channels are '
+                          f'referenced to {ref or "nothing named"}); keep one: rename or drop the others in the header')
+    if len(names) > 1:
+        log.warning(f'{path}: {channel} is in {", ".join(names)}; took {same_ref[0]}, referenced like the others')
+    return same_ref[0]
+
 # %% ../nbs/api/02_signal.ipynb #4f88bbbf
 _NEEDS = {'tuab23': " (the official EEGPT TUAB inputs: the 10-20 system's 19, A1, A2, T1, T2); "
                      "without these, montage='referential' reads the 19 alone"}
@@ -108,24 +132,6 @@ def _pick_canonical(raw_names: list[str], wanted: list[str], path, montage: str 
     ref = Counter(channel_reference(n) for c in wanted for n in found[c]).most_common(1)[0][0]
     return [_pick_one(found[c], c, ref, path) for c in wanted]
 
-def _pick_one(names: list[str], channel: str, ref: str, path) -> str:
-    "The one of `names` referenced to `ref`; say which was taken when there was a choice."
-    same_ref = [n for n in names if channel_reference(n) == ref] or names
-    if len(same_ref) > 1:
-        raise SignalError(f'{path}: duplicate label {channel}: {", ".join(same_ref)} (the other channels are '
-                          f'referenced to {ref or "nothing named"}); keep one: rename or drop the others in the header')
-    if len(names) > 1:
-        log.warning(f'{path}: {channel} is in {", ".join(names)}; took {same_ref[0]}, referenced like the others')
-    return same_ref[0]
-
-def _bipolar_hint(raw_names: list[str]) -> str:
-    "A recording of electrode differences only (`FP1-F7`) cannot be turned back into the electrodes."
-    pairs = [n for n in raw_names if re.fullmatch(r'(EEG\s+)?[A-Z0-9]+-[A-Z0-9]+', n.strip(), re.I)
-             and not _REFERENCE.search(n.strip())]
-    if len(pairs) < len(raw_names) / 2: return ''
-    return ('; its channels are bipolar pairs (e.g. ' + ', '.join(pairs[:3]) + '), from which the referential '
-            'electrodes cannot be recovered: export the recording with its referential channels')
-
 # %% ../nbs/api/02_signal.ipynb #9fe7e1ae
 def _check_finite(data: np.ndarray, names: list[str], path) -> None:
     bad = ~np.isfinite(data)
@@ -133,6 +139,7 @@ def _check_finite(data: np.ndarray, names: list[str], path) -> None:
         chans = [n for n, b in zip(names, bad.any(1)) if b]
         raise SignalError(f'{path}: {int(bad.sum())} NaN/Inf samples in {", ".join(chans)}')
 
+# %% ../nbs/api/02_signal.ipynb #1ed87e8d
 def _check_not_flat(peak_to_peak: np.ndarray, names: list[str], path) -> None:
     flat = [n for n, r in zip(names, peak_to_peak) if r < 1e-3]  # µV: a disconnected electrode
     if flat: raise SignalError(f'{path}: flat channel(s) {", ".join(flat)} (peak-to-peak below 0.001 µV)')
@@ -147,6 +154,7 @@ def _check_not_truncated(path, header: dict) -> None:
         raise SignalError(f'{path}: truncated: the header declares {n_records} data records ({want} bytes), '
                           f'the file has {have} bytes')
 
+# %% ../nbs/api/02_signal.ipynb #40323c74
 def _check_continuous(path, header: dict) -> None:
     if header['reserved'].startswith(('EDF+D', 'BDF+D')):
         raise SignalError(f'{path}: {header["reserved"][:5]} (discontinuous): read as one signal, its gaps would be '
@@ -159,12 +167,14 @@ def _is_edf_or_bdf(path) -> bool:
     if not Path(path).is_file(): return False  # a folder (CTF) or nothing: MNE says what it is
     with open(path, 'rb') as f: return f.read(8) in (EDF_MAGIC, BDF_MAGIC)
 
+# %% ../nbs/api/02_signal.ipynb #10d8f740
 def _open_raw(path, fmt: str):
     "MNE's reader for the format the header declares, whatever the file is called."
     reader = mne.io.read_raw_bdf if fmt == 'BDF' else mne.io.read_raw_edf
     if Path(path).suffix.lower() == f'.{fmt.lower()}': return reader(path, preload=False, verbose='error')
     with open(path, 'rb') as f: return reader(f, preload=True, verbose='error')
 
+# %% ../nbs/api/02_signal.ipynb #43fd3ec5
 def _rescale(path, raw, header: dict, picks: list[str], unit: str | None) -> np.ndarray:
     "Per channel: volts per header unit (or per `unit`), over the volts per unit MNE applied."
     units = [unit if unit is not None else header['units'][header['labels'].index(p)] for p in picks]
@@ -193,7 +203,9 @@ class EegReader:
             self.raw = _open_raw(path, header['format']) if header else mne.io.read_raw(path, preload=False,
                                                                                         verbose='error')
         except Exception as e:
-            raise SignalError(f'{path}: cannot read the EDF header ({type(e).__name__}: {e})') from e
+            what = 'the EDF header' if header else f"a recording from this {Path(path).suffix or 'unnamed'} file"
+            raise SignalError(f'{path}: cannot read {what} ({type(e).__name__}: {e}); EDF, BDF and the formats '
+                              f'mne.io.read_raw reads (.fif, .vhdr, .set, ...) are read') from e
         labels = [l for l in header['labels'] if l not in ANNOTATION_LABELS] if header else self.raw.ch_names
         self.picks = _pick_canonical(labels, self.refs, path, montage)
         self.scale = _rescale(path, self.raw, header, self.picks, unit) if header else np.ones(len(self.picks))
@@ -204,7 +216,8 @@ class EegReader:
         "Samples `start:stop` (channels, samples) as float32 µV; NaN/Inf refused."
         try: data = self.raw.get_data(picks=self.picks, start=start, stop=stop) * self.scale[:, None] * 1e6
         except Exception as e:
-            raise SignalError(f'{self.path}: cannot read samples, the file may be truncated ({type(e).__name__}: {e})') from e
+            raise SignalError(f'{self.path}: cannot read samples, the file may be truncated '
+                              f'({type(e).__name__}: {e})') from e
         _check_finite(data, self.refs, self.path)
         self.low, self.high = np.minimum(self.low, data.min(1)), np.maximum(self.high, data.max(1))
         if self.montage == 'tcp':
@@ -216,6 +229,7 @@ class EegReader:
         "After every sample has been read: a channel flat over the whole recording is a disconnected electrode."
         _check_not_flat(self.high - self.low, self.refs, self.path)
 
+# %% ../nbs/api/02_signal.ipynb #1980807f
 def read_eeg(path, montage: str = 'referential', unit: str | None = None) -> tuple[np.ndarray, float, list[str]]:
     """Read an EDF/BDF as (data in µV of shape (channels, samples), sfreq, channel names) in the montage's order.
     `unit` (`uV`, `mV`...) states the EEG channels' unit, overriding the header's physical dimension."""
@@ -230,6 +244,7 @@ def filter_sections(sfreq: float, l_freq: float = 0.5, h_freq: float = 120.0, no
     sos = sps.butter(4, [l_freq, min(h_freq, 0.49 * sfreq)], btype='bandpass', fs=sfreq, output='sos')
     return np.vstack([sos, sps.tf2sos(*sps.iirnotch(notch, 30.0, fs=sfreq))]) if notch else sos
 
+# %% ../nbs/api/02_signal.ipynb #b098a8b8
 def preprocess(data: np.ndarray, sfreq: float, sfreq_out: float = 256.0, l_freq: float = 0.5,
                h_freq: float = 120.0, notch: float | None = 60.0) -> np.ndarray:
     "Resample `data` (channels, samples) to `sfreq_out`, band-pass `l_freq`-`h_freq`, notch at `notch` Hz."
@@ -240,6 +255,7 @@ def preprocess(data: np.ndarray, sfreq: float, sfreq_out: float = 256.0, l_freq:
 # %% ../nbs/api/02_signal.ipynb #5c2a68c9
 def _multiple_of(x: float, k: int) -> int: return max(k, int(np.ceil(x / k)) * k)
 
+# %% ../nbs/api/02_signal.ipynb #595260f1
 class PreprocessedEeg:
     "`reader`'s recording resampled and filtered as `preprocess` does, computed a block at a time when sliced."
     def __init__(self, reader: EegReader, sfreq: float = 256.0, l_freq: float = 0.5, h_freq: float = 120.0,
@@ -282,6 +298,7 @@ def window_starts(n_samples: int, sfreq: float, window_s: float = 60.0, stride_s
     win, stride = int(round(window_s * sfreq)), int(round(stride_s * sfreq))
     return np.arange(0, n_samples - win + 1, stride, dtype=np.int64)
 
+# %% ../nbs/api/02_signal.ipynb #62b6c413
 def window_classes(labels: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
     "0 (none), 1 (partial) or 2 (full) for each window starting at `starts`, from a 0/1 label mask."
     csum = np.concatenate([[0], np.cumsum(labels, dtype=np.int64)])

@@ -51,6 +51,7 @@ def _chunk_terms(delta, u, At, B):
     "exp(delta A) and delta u B of a chunk, each `(T, batch, d_state, d_inner)`; `At` is A transposed."
     return (delta[:, :, None, :] * At).exp_(), B[..., None] * (delta * u)[:, :, None, :]
 
+# %% ../nbs/api/07a_ssm.ipynb #aa4b98b7
 class ChunkedScan(torch.autograd.Function):
     "`y[t] = C[t] . h[t]`, `h[t] = exp(delta[t] A) h[t-1] + delta[t] u[t] B[t]`, time-first; a state every CHUNK steps."
     @staticmethod
@@ -92,15 +93,18 @@ def wide(t: torch.Tensor) -> torch.Tensor:
     "`t` in float32, or float64 if it already is: the scan never runs in half precision."
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
+# %% ../nbs/api/07a_ssm.ipynb #facbf261
 def autocast_off(t: torch.Tensor):
     "A context with autocast disabled on `t`'s device (meta tensors, used for shapes only, have none)."
     return torch.autocast('cpu' if t.device.type == 'meta' else t.device.type, enabled=False)
 
+# %% ../nbs/api/07a_ssm.ipynb #3281337d
 def scan_backend(t: torch.Tensor) -> str:
     "Which backend scans tensors like `t`: 'cuda-kernel' (mamba-ssm), 'cpu-kernel' (compiled here) or 'pytorch'."
     if uses_cuda_kernels(t): return 'cuda-kernel'
     return 'cpu-kernel' if t.device.type == 'cpu' and cpu_kernels() is not None else 'pytorch'
 
+# %% ../nbs/api/07a_ssm.ipynb #0d460e82
 def _cuda_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     "mamba-ssm's kernel: u, delta, B, C, z in one dtype, each batch-first `(batch, channels, L)` and contiguous."
     batch_first = lambda t: None if t is None else t.permute(1, 2, 0).contiguous()
@@ -108,6 +112,7 @@ def _cuda_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
                              delta_bias=delta_bias, delta_softplus=delta_softplus)
     return y.permute(2, 0, 1)
 
+# %% ../nbs/api/07a_ssm.ipynb #ffc8595d
 def _pytorch_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     "The chunked scan, with the bias, softplus, skip and gate around it as autograd operations."
     if delta_bias is not None: delta = delta + delta_bias
@@ -116,11 +121,13 @@ def _pytorch_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     if D is not None: y = y + u * D
     return y if z is None else y * F.silu(z)
 
+# %% ../nbs/api/07a_ssm.ipynb #6b304de5
 def _kernel_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     "The fused CPU kernel, which takes zeros for an absent skip or bias."
     zeros = lambda t: t if t is not None else u.new_zeros(u.shape[-1])
     return KernelScan.apply(u, delta, A, B, C, zeros(D), z, zeros(delta_bias), delta_softplus)
 
+# %% ../nbs/api/07a_ssm.ipynb #8e6ea6ac
 _SCANS = {'cuda-kernel': _cuda_scan, 'cpu-kernel': _kernel_scan, 'pytorch': _pytorch_scan}
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -199,6 +206,7 @@ class BiMambaLayer(nn.Module):
         h = self.norm(wide(x))                                   # in float32 under fp16 autocast: x*x overflows half
         return x + self.forward_mamba(h) + self.backward_mamba(h.flip(1)).flip(1)
 
+# %% ../nbs/api/07a_ssm.ipynb #594ab71f
 class BiMamba(nn.Sequential):
     "`n_layers` bidirectional Mamba layers over time: `(batch, L, d_model) -> (batch, L, d_model)`."
     def __init__(self, d_model: int, n_layers: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,

@@ -29,8 +29,10 @@ ELECTRODES = ('FP1', 'FP2', 'F7', 'F3', 'FZ', 'F4', 'F8', 'T3', 'C3', 'CZ', 'C4'
 HEAD = (*ELECTRODES, 'A1', 'A2', 'LOC', 'ROC')
 TUAB_HEAD = (*HEAD, 'T1', 'T2')
 
+# %% ../nbs/api/03_synth.ipynb #89f3f059
 def _on_circle(deg): return (round(float(np.cos(np.radians(deg))), 3), round(float(np.sin(np.radians(deg))), 3))
 
+# %% ../nbs/api/03_synth.ipynb #f64a7966
 POSITIONS = {
     'FPZ': _on_circle(90), 'FP1': _on_circle(108), 'FP2': _on_circle(72), 'F7': _on_circle(144),
     'F8': _on_circle(36), 'T3': _on_circle(180), 'T4': _on_circle(0), 'T5': _on_circle(216),
@@ -47,6 +49,7 @@ def distances(electrodes, to=None) -> np.ndarray:
     other = xy if to is None else np.atleast_2d(to)
     return np.sqrt(((xy[:, None] - other[None]) ** 2).sum(-1))
 
+# %% ../nbs/api/03_synth.ipynb #b2fe5f38
 def around(electrodes, centre, width) -> np.ndarray:
     "Gaussian weight of each electrode around a point of the scalp: 1 at the point."
     return np.exp(-distances(electrodes, centre)[:, 0] ** 2 / (2 * width ** 2))
@@ -60,17 +63,21 @@ def shaped_noise(rng, n_rows, n_times, sfreq, spectrum) -> np.ndarray:
     x = sp_fft.irfft(coef * spectrum(freqs).astype(np.float32), n_fft, axis=-1)[:, :n_times]
     return x / (x.std(-1, keepdims=True) + 1e-12)
 
+# %% ../nbs/api/03_synth.ipynb #92efcafc
 def pink(slope, knee=0.5, cutoff=45.0):
     "1/f^slope power, flat below `knee` Hz, rolling off above `cutoff` Hz."
     return lambda f: (f ** 2 + knee ** 2) ** (-slope / 4) / np.sqrt(1 + (f / cutoff) ** 4)
 
+# %% ../nbs/api/03_synth.ipynb #8cd32e6f
 def band(centre, width):
     "A spectral peak at `centre` Hz."
     return lambda f: np.exp(-0.5 * ((f - centre) / width) ** 2)
 
+# %% ../nbs/api/03_synth.ipynb #4c91e684
 def passband(lo, hi):
     return lambda f: ((f >= lo) & (f <= hi)).astype(float)
 
+# %% ../nbs/api/03_synth.ipynb #44b29759
 def spatially_correlated(x, electrodes, length, nugget=0.1) -> np.ndarray:
     "Mix independent rows so that electrodes within ~`length` head radii share activity."
     cov = (1 - nugget) * np.exp(-distances(electrodes) ** 2 / (2 * length ** 2)) + nugget * np.eye(len(electrodes))
@@ -114,6 +121,7 @@ class Subject:
     focal_slowing: float = 0.0  # polymorphic delta at `focus`
     asymmetry: float = 0.0      # fraction of alpha lost on the side of `focus`
 
+# %% ../nbs/api/03_synth.ipynb #60d9dbe4
 def random_subject(rng, name: str) -> Subject:
     kinds = list(SEIZURE_TYPES)
     p = np.array([SEIZURE_TYPES[k].weight for k in kinds])
@@ -145,6 +153,7 @@ def vigilance(rng, seconds, states=AWAKE, dwell=(15, 90)) -> list[tuple[float, f
         t, state = stop, str(rng.choice([s for s in states if s != state]))
     return spans
 
+# %% ../nbs/api/03_synth.ipynb #53b038f2
 def state_gain(spans, column, n_times, sfreq) -> np.ndarray:
     "Per-sample value of one STATES column, with 2-s transitions between states."
     knots = [t for a, b, _ in spans for t in (a + 1.0, b - 1.0)]
@@ -162,8 +171,8 @@ def background(rng, subject: Subject, electrodes, n_times, sfreq, spans) -> np.n
     x = spatially_correlated(shaped_noise(rng, n, n_times, sfreq, pink(subject.slope + rng.normal(0, 0.05))),
                              electrodes, 0.45)
     alpha = shaped_noise(rng, n, n_times, sfreq, band(subject.alpha_hz + rng.normal(0, 0.2), 0.5))
-    x += subject.alpha_gain * alpha_w[:, None] * spatially_correlated(alpha, electrodes, 0.7, 0.05) * state_gain(spans,
-                                                                                                                 0, n_times, sfreq)
+    x += (subject.alpha_gain * alpha_w[:, None] * spatially_correlated(alpha, electrodes, 0.7, 0.05)
+          * state_gain(spans, 0, n_times, sfreq))
     theta = spatially_correlated(shaped_noise(rng, n, n_times, sfreq, band(5.0, 1.8)), electrodes, 0.6)
     x += slow_w[:, None] * theta * state_gain(spans, 1, n_times, sfreq)
     delta_w = (state_gain(spans, 2, n_times, sfreq)[None] * slow_w[:, None] + subject.slowing
@@ -178,12 +187,14 @@ def events(rng, spans, column, seconds) -> np.ndarray:
     times = [rng.uniform(a, b, rng.poisson(STATES[s][column] * (b - a) / 60)) for a, b, s in spans]
     return np.sort(np.concatenate(times)) if times else np.zeros(0)
 
+# %% ../nbs/api/03_synth.ipynb #d9263d5d
 def _add_at(x, weights, start, waveform):
     "Add `weights` (one per row) x `waveform` to `x` from sample `start`, cropped at the end."
     start = int(start)
     w = waveform[: max(0, x.shape[1] - start)]
     x[:, start:start + len(w)] += weights[:, None] * w
 
+# %% ../nbs/api/03_synth.ipynb #9a516585
 def eye_artifacts(rng, electrodes, n_times, sfreq, spans) -> np.ndarray:
     "Blinks and lateral eye movements (µV)."
     x = np.zeros((len(electrodes), n_times), np.float32)
@@ -200,6 +211,7 @@ def eye_artifacts(rng, electrodes, n_times, sfreq, spans) -> np.ndarray:
         _add_at(x, lateral, t * sfreq, rng.choice([-1, 1]) * rng.uniform(30, 100) * step)
     return x
 
+# %% ../nbs/api/03_synth.ipynb #b37f83b3
 def muscle(rng, electrodes, n_times, sfreq, spans) -> np.ndarray:
     "Bursts of 20-100 Hz activity over the temporalis (µV)."
     x = np.zeros((len(electrodes), n_times), np.float32)
@@ -214,6 +226,7 @@ def muscle(rng, electrodes, n_times, sfreq, spans) -> np.ndarray:
         x[:, int(t * sfreq):int(t * sfreq) + n] += rng.uniform(10, 60) * w[:, None] * noise * taper
     return x
 
+# %% ../nbs/api/03_synth.ipynb #da347cd0
 def electrode_pops(rng, electrodes, n_times, sfreq, rate=0.8) -> np.ndarray:
     "Single-electrode steps with exponential recovery (µV), `rate` clusters per minute."
     x = np.zeros((len(electrodes), n_times), np.float32)
@@ -221,9 +234,11 @@ def electrode_pops(rng, electrodes, n_times, sfreq, rate=0.8) -> np.ndarray:
         one = np.eye(len(electrodes))[rng.integers(len(electrodes))]
         for delay in np.cumsum(rng.uniform(0.2, 1.5, rng.integers(1, 5))):
             tau = rng.uniform(0.05, 0.4)
-            _add_at(x, one, (t + delay) * sfreq, rng.choice([-1, 1]) * rng.uniform(80, 400) * np.exp(-np.arange(int(5 * tau * sfreq)) / (tau * sfreq)))
+            _add_at(x, one, (t + delay) * sfreq, rng.choice([-1, 1]) * rng.uniform(80, 400)
+                    * np.exp(-np.arange(int(5 * tau * sfreq)) / (tau * sfreq)))
     return x
 
+# %% ../nbs/api/03_synth.ipynb #abdea2af
 def line_noise(rng, n_rows, n_times, sfreq) -> np.ndarray:
     "60 Hz mains (µV), different on every electrode because impedances differ."
     amp = rng.uniform(0, 3) * rng.uniform(0.3, 1.5, n_rows)
@@ -239,6 +254,7 @@ class Seizure:
     stop: float
     onsets: dict  # electrode -> seconds
 
+# %% ../nbs/api/03_synth.ipynb #b9011eb4
 def plan_seizures(rng, subject: Subject, seconds: float, n: int) -> list[tuple[str, float, float]]:
     "(type, start, stop) of up to `n` seizures of 10-120 s, 30 s apart and 10 s clear of the edges."
     planned = []
@@ -255,6 +271,7 @@ def plan_seizures(rng, subject: Subject, seconds: float, n: int) -> list[tuple[s
                 break
     return sorted(planned, key=lambda p: p[1])
 
+# %% ../nbs/api/03_synth.ipynb #f224586a
 def rhythm(rng, kind: SeizureType, n, sfreq, lags) -> tuple[np.ndarray, np.ndarray]:
     "The discharge at each electrode lag (s), unit rms, and its envelope."
     u = np.arange(n) / n
@@ -269,6 +286,7 @@ def rhythm(rng, kind: SeizureType, n, sfreq, lags) -> tuple[np.ndarray, np.ndarr
     edge = np.minimum(1, np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.3 * sfreq))
     return wave / wave.std(), envelope * edge
 
+# %% ../nbs/api/03_synth.ipynb #60d10880
 def seizure(rng, kind_name, start, stop, subject: Subject, electrodes, n_times, sfreq, threshold=0.35):
     "The seizure's potentials (µV), the factor by which it keeps the background, and its `Seizure`."
     kind = SEIZURE_TYPES[kind_name]
@@ -294,6 +312,7 @@ def seizure(rng, kind_name, start, stop, subject: Subject, electrodes, n_times, 
               for e, g, is_eye in zip(electrodes, gains, eye) if not is_eye and g.max() >= threshold}
     return x, keep, Seizure(kind_name, start, stop, onsets)
 
+# %% ../nbs/api/03_synth.ipynb #975014ea
 def postictal(rng, sz: Seizure, subject: Subject, electrodes, n_times, sfreq) -> np.ndarray:
     "Irregular delta over the involved electrodes for 10-60 s after a seizure, fading (µV)."
     x = np.zeros((len(electrodes), n_times), np.float32)
@@ -317,6 +336,7 @@ def ekg(rng, n_times, sfreq) -> np.ndarray:
             x += gain * amp * np.exp(-0.5 * ((t - beats[k] - offset) / width) ** 2)
     return (x + 8 * shaped_noise(rng, 1, n_times, sfreq, pink(1.0))[0]).astype(np.float32)
 
+# %% ../nbs/api/03_synth.ipynb #23aa5e13
 def photic(rng, n_times, sfreq) -> np.ndarray:
     "The photic stimulator: silent, or flashes stepping through 1-20 Hz (10 s on, 5 s off)."
     x = np.zeros(n_times, np.float32)
@@ -327,6 +347,7 @@ def photic(rng, n_times, sfreq) -> np.ndarray:
         x[on] = 100.0 * ((on / sfreq * hz) % 1 < 0.1)
     return x
 
+# %% ../nbs/api/03_synth.ipynb #b8db12e2
 def monitor_trends(rng, n_times, sfreq) -> dict[str, np.ndarray]:
     "The recording system's IBI, BURSTS and SUPPR trend channels: mostly zero, SUPPR stepping each second."
     suppr = np.repeat(rng.integers(0, 20, n_times // int(sfreq) + 1), int(sfreq))[:n_times].astype(np.float32)
@@ -383,8 +404,7 @@ def write_edf(path, signals: dict[str, np.ndarray], sfreq, unit='uV', limit=5000
     for label, x in signals.items():
         if np.abs(x).max() > limit:
             raise ValueError(f'{path}: channel {label!r} reaches {np.abs(x).max():.4g} {unit}, beyond the physical '
-                             f'range '
-                             f'±{limit}; lower the artifact amplitudes or raise `limit`')
+                             f'range ±{limit}; lower the artifact amplitudes or raise `limit`')
     edf = edfio.Edf([edfio.EdfSignal(np.asarray(x, np.float64), sfreq, label=label, physical_dimension=unit,
                                      physical_range=(-limit, limit)) for label, x in signals.items()],
                     patient=patient, recording=edfio.Recording(startdate=startdate or dt.date(2000, 1, 1)),
@@ -393,6 +413,7 @@ def write_edf(path, signals: dict[str, np.ndarray], sfreq, unit='uV', limit=5000
     edf.write(path)
     return path
 
+# %% ../nbs/api/03_synth.ipynb #63bff6f8
 def fill_background(events, seconds) -> list[tuple[float, float, str]]:
     "(start, stop, label) events, sorted, with `bckg` filling the gaps so that they cover [0, seconds]."
     rows, t = [], 0.0
@@ -403,12 +424,14 @@ def fill_background(events, seconds) -> list[tuple[float, float, str]]:
     if t < seconds: rows.append((t, float(seconds), 'bckg'))
     return rows
 
+# %% ../nbs/api/03_synth.ipynb #6d035400
 def annotation_text(bname, seconds, montage_file, rows) -> str:
     "A TUSZ v2 annotation file: the commented header, then one line per (channel, start, stop, label)."
     head = ['# version = csv_v1.0.0', f'# bname = {bname}', f'# duration = {seconds:.4f} secs',
             f'# montage_file = {montage_file}', '#', 'channel,start_time,stop_time,label,confidence']
     return '\n'.join(head + [f'{c},{a:.4f},{b:.4f},{lab},1.0000' for c, a, b, lab in rows]) + '\n'
 
+# %% ../nbs/api/03_synth.ipynb #4152347b
 def write_annotations(edf_path, seconds, seizures: list[Seizure], montage_file):
     "`.csv_bi` (channel TERM, seiz/bckg) and `.csv` (the 22 TCP channels, seizure types) beside `edf_path`."
     edf_path = Path(edf_path)
@@ -449,6 +472,7 @@ def subject_names(rng, n) -> list[str]:
         if name not in names: names.append(name)
     return names
 
+# %% ../nbs/api/03_synth.ipynb #687a743a
 def split_subjects(names, held_out=(('dev', 1 / 6), ('eval', 1 / 6))) -> dict[str, str]:
     "Subject -> split: each held-out split gets its fraction (at least one subject), train the rest."
     sizes = {split: max(1, round(len(names) * f)) for split, f in held_out}
@@ -458,20 +482,22 @@ def split_subjects(names, held_out=(('dev', 1 / 6), ('eval', 1 / 6))) -> dict[st
     splits = ['train'] * (len(names) - sum(sizes.values())) + [s for s, k in sizes.items() for _ in range(k)]
     return dict(zip(names, splits))
 
+# %% ../nbs/api/03_synth.ipynb #64d1aa29
 def edf_patient(rng, subject: Subject, year) -> edfio.Patient:
     "The EDF patient field as TUSZ fills it: id, sex, birth date, id again, age."
     age = int(rng.integers(18, 85))
     return edfio.Patient(code=subject.name, sex=str(rng.choice(['F', 'M'])), birthdate=dt.date(year - age, 1, 1),
                          name=subject.name, additional=[f'Age:{age}'])
 
-# %% ../nbs/api/03_synth.ipynb #5dfa85b0
-SFREQS = (250, 256, 400, 512)
-MONTAGES = {'01_tcp_ar': ('REF', 'nedc_eas_default_montage.txt'), '02_tcp_le': ('LE', 'nedc_eas_tcp_le_montage.txt')}
-
+# %% ../nbs/api/03_synth.ipynb #6a2ee57a
 def _check_seconds(seconds):
     if not 30 <= seconds[0] <= seconds[1]:
         raise ValueError(f'seconds={tuple(seconds)}: need 30 <= min <= max (a 10-s seizure needs 10 s clear of each '
                          f'edge)')
+
+# %% ../nbs/api/03_synth.ipynb #5dfa85b0
+SFREQS = (250, 256, 400, 512)
+MONTAGES = {'01_tcp_ar': ('REF', 'nedc_eas_default_montage.txt'), '02_tcp_le': ('LE', 'nedc_eas_tcp_le_montage.txt')}
 
 def synth_tusz(out_dir, subjects: int = 24, seed: int = 0, seconds: tuple[float, float] = (300, 600),
                sfreqs=SFREQS, montages=tuple(MONTAGES)) -> Path:
@@ -559,6 +585,7 @@ def abnormal(rng, subject: Subject) -> Subject:
                    else 0.0,
                    asymmetry=rng.uniform(0.3, 0.7) if focal else rng.uniform(0, 0.2))
 
+# %% ../nbs/api/03_synth.ipynb #270eb504
 def synth_tuab(out_dir, subjects: int = 20, seed: int = 0, seconds: tuple[float, float] = (120, 300),
                sfreqs=(250, 256)) -> Path:
     "Write a synthetic corpus in the TUAB v3 layout (normal/abnormal EDFs, subject-disjoint train/eval); return it."

@@ -50,9 +50,7 @@ def parse_edf_path(path: Path, root: Path) -> EdfFile:
     subject = m['subject'] if m else (parts[1] if len(parts) > 2 else path.stem)
     return EdfFile(path, split, subject, m['session'] if m else '', montage, m['token'] if m else '')
 
-# %% ../nbs/api/01_tusz.ipynb #3da2eb15
-RECORDING_SUFFIXES = ('.edf', '.bdf')  # compared lower-cased
-
+# %% ../nbs/api/01_tusz.ipynb #b745d601
 def _one_recording_per_stem(paths: list[Path]) -> None:
     "`x.edf` beside `x.bdf` would share one bname, one `.csv_bi` and one cache entry: refuse rather than pick."
     by_stem = defaultdict(list)
@@ -60,6 +58,9 @@ def _one_recording_per_stem(paths: list[Path]) -> None:
     if clash := next((v for v in by_stem.values() if len(v) > 1), None):
         raise ValueError(f'{clash[0].parent}: {" and ".join(p.name for p in clash)} are two recordings with one name '
                          '(one bname, one .csv_bi); keep one of them')
+
+# %% ../nbs/api/01_tusz.ipynb #3da2eb15
+RECORDING_SUFFIXES = ('.edf', '.bdf')  # compared lower-cased
 
 def recordings_under(data_dir, split: str | None, splits: tuple[str, ...], example: str) -> list[Path]:
     "Every EDF or BDF (any case) under `data_dir/edf/` (optionally one of `splits`), sorted; TUSZ's and TUAB's walk."
@@ -74,6 +75,7 @@ def recordings_under(data_dir, split: str | None, splits: tuple[str, ...], examp
     _one_recording_per_stem(paths)
     return paths
 
+# %% ../nbs/api/01_tusz.ipynb #dc338857
 def discover(data_dir, split: str | None = None) -> list[EdfFile]:
     "Every TUSZ recording under `data_dir/edf/` (optionally one split), sorted by path."
     return [parse_edf_path(p, data_dir) for p in recordings_under(data_dir, split, SPLITS,
@@ -86,6 +88,7 @@ def subjects_in_several_splits(files: list[EdfFile]) -> dict[str, list[str]]:
     for f in files: splits[f.subject].add(f.split)
     return {s: sorted(v) for s, v in sorted(splits.items()) if len(v) > 1}
 
+# %% ../nbs/api/01_tusz.ipynb #f862ae89
 def check_splits(data_dir) -> None:
     "Raise `ValueError` naming every subject found in more than one split of `data_dir`."
     leaks = subjects_in_several_splits(discover(data_dir))
@@ -111,6 +114,7 @@ def check_splits_cli(argv: list[str] | None = None) -> int:
 class AnnotationError(ValueError):
     "An annotation file that cannot be used; the message names the file and line."
 
+# %% ../nbs/api/01_tusz.ipynb #50b069cf
 @dataclass(frozen=True)
 class Event:
     channel: str
@@ -120,6 +124,7 @@ class Event:
     confidence: float = 1.0
     line: int = 0  # where it stands in its file, for error messages
 
+# %% ../nbs/api/01_tusz.ipynb #79b35890
 @dataclass(frozen=True)
 class Annotation:
     path: Path
@@ -133,8 +138,6 @@ class Annotation:
         return [e for e in self.events if e.label in SEIZURE_TYPES]
 
 # %% ../nbs/api/01_tusz.ipynb #a50da50a
-COLUMNS = 'channel,start_time,stop_time,label,confidence'
-
 def utf8_text(path) -> str:
     "The text of `path`, UTF-8 with or without a BOM; any other byte is an `AnnotationError` naming file and line."
     data = Path(path).read_bytes()
@@ -144,11 +147,15 @@ def utf8_text(path) -> str:
         raise AnnotationError(f'{path}:{lineno}: byte 0x{data[e.start]:02x} is not UTF-8 '
                               '(a latin-1 or Windows-1252 file?); save it as UTF-8') from None
 
+# %% ../nbs/api/01_tusz.ipynb #546f7af7
 def _number(text: str, what: str, path: Path, lineno: int) -> float:
     try: x = float(text)
     except ValueError: x = math.nan
     if not math.isfinite(x): raise AnnotationError(f'{path}:{lineno}: {what} must be a finite number, got {text!r}')
     return x
+
+# %% ../nbs/api/01_tusz.ipynb #282cbd51
+COLUMNS = 'channel,start_time,stop_time,label,confidence'
 
 def _event_from(row: str, path: Path, lineno: int) -> Event:
     fields = [x.strip() for x in row.split(',')]
@@ -176,6 +183,7 @@ def _text_of_whole_file(path: Path) -> str:
                               'there; copy it again, or end the line if it is whole')
     return text
 
+# %% ../nbs/api/01_tusz.ipynb #c368909b
 def read_annotation(path) -> Annotation:
     "Parse a TUSZ `.csv_bi` or `.csv` file; `AnnotationError` names the file and line of anything it refuses."
     path = Path(path)
@@ -209,6 +217,7 @@ def _at(ann: Annotation, item: str) -> str:
     "'file:line' of a header item ('bname', 'duration', 'columns'), or the file alone when the line is unknown."
     return f'{ann.path}:{ann.lines[item]}' if item in ann.lines else str(ann.path)
 
+# %% ../nbs/api/01_tusz.ipynb #f7312b76
 def check_annotation_matches(ann: Annotation, edf, n_seconds: float, tolerance: float = 1.0) -> Annotation:
     "`ann` if it annotates `edf` of `n_seconds`: its bname, its # duration within `tolerance`, rows to the end."
     edf = Path(edf)
