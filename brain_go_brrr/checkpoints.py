@@ -4,17 +4,19 @@
 
 # %% ../nbs/api/08a_checkpoints.ipynb #de80162e
 from __future__ import annotations
-import hashlib, logging, os, pickle, zipfile
+import hashlib, logging, os, pickle, re, zipfile
 from pathlib import Path
 import torch
 
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
-__all__ = ['log', 'CheckpointError', 'checksum_path', 'sha256_of', 'save_checkpoint', 'load_checkpoint']
+__all__ = ['log', 'CheckpointError', 'checksum_path', 'sha256_of', 'save_checkpoint', 'load_checkpoint', 'unpickler_refusal',
+           'state_dict_in']
 
 # %% ../nbs/api/08a_checkpoints.ipynb #bad6061c
-class CheckpointError(ValueError): pass
+class CheckpointError(ValueError):
+    "A checkpoint that cannot be loaded as asked; the message names the file and what to do."
 
 # %% ../nbs/api/08a_checkpoints.ipynb #354992bd
 def checksum_path(path) -> Path: return Path(path).with_name(Path(path).name + '.sha256')
@@ -55,3 +57,21 @@ def load_checkpoint(path) -> dict:
     except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise CheckpointError(f'{path}: not a checkpoint torch can read ({str(e).splitlines()[0][:120]}); '
                               f'{_instead(path)}') from None
+
+# %% ../nbs/api/08a_checkpoints.ipynb #9000b514
+def unpickler_refusal(e: Exception) -> str:
+    "The line of torch's refusal that names what was refused (its first line, if none does)."
+    named = re.search(r'Unpickler error:\s*(.+?)(?:\n\n|$)', str(e), re.S)
+    if named: return named[1].strip()
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    return next((line for line in lines if 'unsupported' in line.lower()), lines[0])  # a blocked module's wording
+
+# %% ../nbs/api/08a_checkpoints.ipynb #6c85ab00
+def state_dict_in(obj, path) -> dict:
+    "The state dict `obj` is or holds under 'state_dict'; anything but a dict of tensors is a `CheckpointError`."
+    sd = obj.get('state_dict', obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        keys = f' with keys {sorted(obj)[:8]}' if isinstance(obj, dict) else ''
+        raise CheckpointError(f'{path}: expected a state dict (a dict of tensors, or a checkpoint whose "state_dict" '
+                              f'is one); found {type(obj).__name__}{keys}')
+    return sd

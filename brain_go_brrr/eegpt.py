@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .checkpoints import CheckpointError, state_dict_in, unpickler_refusal
 from .signal import CHANNELS, TUAB23_CHANNELS, canonical_channel
 from .normalization import NormStats, AuditReport, NormalizationMismatch, gate_normalization, PRECISIONS
 
@@ -20,10 +21,10 @@ log = logging.getLogger('brain_go_brrr')
 __all__ = ['log', 'EEGPT_VOCABULARY', 'CHANNEL_DICT', 'PRETRAINED_CHANNELS', 'EEGPT_NAMES', 'EEGPT_SIZES', 'ENCODER_PREFIX',
            'PRETRAINING_PREFIXES', 'ONE_CYCLE_LR', 'ANNEALING_FUNCTIONS', 'LIGHTNING_STAND_INS', 'FINETUNE_CHANNELS',
            'OFFICIAL_TUAB_INPUTS', 'eegpt_channel', 'eegpt_channel_ids', 'EEGPTConfig', 'PatchEmbed', 'Attention',
-           'Mlp', 'Block', 'EEGPTEncoder', 'n_params', 'CheckpointError', 'read_state_dict', 'encoder_state_dict',
-           'load_eegpt', 'save_released_layout', 'random_checkpoint', 'NormalizedEEGPT', 'create_normalized_eegpt',
-           'LinearProbe', 'balanced_accuracy', 'auroc', 'FinetuneRecipe', 'renorm_', 'ChannelMix', 'EEGPTFinetune',
-           'encoder_layer', 'layer_decay_groups', 'warmup_cosine', 'finetune_optimizer']
+           'Mlp', 'Block', 'EEGPTEncoder', 'n_params', 'read_state_dict', 'encoder_state_dict', 'load_eegpt',
+           'save_released_layout', 'random_checkpoint', 'NormalizedEEGPT', 'create_normalized_eegpt', 'LinearProbe',
+           'balanced_accuracy', 'auroc', 'FinetuneRecipe', 'renorm_', 'ChannelMix', 'EEGPTFinetune', 'encoder_layer',
+           'layer_decay_groups', 'warmup_cosine', 'finetune_optimizer']
 
 # %% ../nbs/api/11_eegpt.ipynb #5d1aa060
 EEGPT_VOCABULARY = (
@@ -208,10 +209,6 @@ ENCODER_PREFIX = 'target_encoder.'
 # context encoder, predictor, reconstructor: not used to embed
 PRETRAINING_PREFIXES = ('encoder.', 'predictor.', 'reconstructor.')
 
-# %% ../nbs/api/11_eegpt.ipynb #1ab5168a
-class CheckpointError(ValueError):
-    "A checkpoint that cannot be loaded as an EEGPT encoder; the message names the file, the keys and the fix."
-
 # %% ../nbs/api/11_eegpt.ipynb #735ed4f4
 ONE_CYCLE_LR = 'torch.optim.lr_scheduler.OneCycleLR'
 ANNEALING_FUNCTIONS = ('_annealing_cos', '_annealing_linear')
@@ -228,12 +225,6 @@ def _annealing_name(owner, name) -> str:
 # resolved to an inert stand-in (global name -> what the unpickler gets): the scheduler state's `anneal_func`.
 LIGHTNING_STAND_INS = [(ONE_CYCLE_LR, ONE_CYCLE_LR), (_annealing_name, 'builtins.getattr')]
 
-# %% ../nbs/api/11_eegpt.ipynb #f4464005
-def _refusal(e: Exception) -> str:
-    "The line of torch's refusal that names what was refused (its first line, if none does)."
-    named = re.search(r'Unpickler error:\s*(.+?)(?:\n\n|$)', str(e), re.S)
-    return named[1].strip() if named else (str(e).strip().splitlines() or [type(e).__name__])[0]
-
 # %% ../nbs/api/11_eegpt.ipynb #ae2d3055
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     "The tensors of a checkpoint (a Lightning `.ckpt`'s `state_dict`, or a bare state dict), read `weights_only`."
@@ -244,7 +235,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals(LIGHTNING_STAND_INS):
             obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        first = _refusal(e)
+        first = unpickler_refusal(e)
         raise CheckpointError(
             f'{path}: holds Python objects besides tensors, which weights_only=True refuses ({first}). '
             'It is not loaded unsafely (only OneCycleLR\'s anneal_func is let through, as its name). '
@@ -253,13 +244,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
             'and pass eegpt_state_dict.pt') from None
     except Exception as e:
         raise CheckpointError(f'{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})') from None
-    sd = obj.get('state_dict', obj) if isinstance(obj, dict) else None
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f'{path}: expected a dict of tensors, or a Lightning checkpoint whose "state_dict" is '
-                              f'one; '
-                              f'found {type(obj).__name__}' + (f' with keys {sorted(obj)[:8]}' if isinstance(obj, dict)
-                                                               else ''))
-    return sd
+    return state_dict_in(obj, path)
 
 # %% ../nbs/api/11_eegpt.ipynb #55f52ff4
 def _prefix(key: str) -> str: return key.split('.', 1)[0] + '.'

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import signal as sps
 from torch import nn
-from .eegpt import CheckpointError, n_params
+from .checkpoints import CheckpointError, state_dict_in, unpickler_refusal
+from .eegpt import n_params
 from .signal import canonical_channel
 
 log = logging.getLogger('brain_go_brrr')
@@ -220,17 +221,12 @@ def read_released_state_dict(path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f'{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this is not one)')
     try: obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        why = [l.strip() for l in str(e).splitlines() if 'Unsupported' in l] or [type(e).__name__]
         raise CheckpointError(f'{path}: holds Python objects besides tensors, which weights_only=True refuses '
-                              f'({why[0][:200]}); it is not loaded unsafely. Save its state dict alone with '
+                              f'({unpickler_refusal(e)[:200]}); it is not loaded unsafely. Save its state dict alone with '
                               'torch.save and pass that file') from None
     except Exception as e:
         raise CheckpointError(f'{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})') from None
-    sd = obj.get('state_dict', obj) if isinstance(obj, dict) else None
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f'{path}: expected a state dict (a dict of tensors, as torch.save(model.state_dict()) '
-                              f'writes); found {type(obj).__name__}'
-                              + (f' with keys {sorted(obj)[:8]}' if isinstance(obj, dict) else ''))
+    sd = state_dict_in(obj, path)
     if all(k.startswith('module.') for k in sd): sd = {k[len('module.'):]: v for k, v in sd.items()}
     return sd
 

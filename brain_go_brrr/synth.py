@@ -554,11 +554,9 @@ def corpus_summary(root) -> dict:
 def synth_tusz_cli(argv: list[str] | None = None) -> int:
     "`synth-tusz OUT_DIR [--subjects N] [--seed S] [--seconds MIN MAX]`: write a synthetic TUSZ corpus."
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr synth-tusz',
-                                description='Write a synthetic corpus in the TUSZ v2.0.x on-disk format (EDF, .csv_bi, '
-                                '.csv).')
+                                description='Write a synthetic corpus in the TUSZ v2.0.x format: EDF, .csv_bi, .csv.')
     p.add_argument('out_dir', help='folder to write (empty, or made earlier with the same arguments)')
-    p.add_argument('--subjects', type=int, default=24, help='number of subjects, split ~2/3 train, 1/6 dev, 1/6 eval '
-                   '(default 24)')
+    p.add_argument('--subjects', type=int, default=24, help='subjects, ~2/3 train, 1/6 dev, 1/6 eval (default 24)')
     p.add_argument('--seed', type=int, default=0, help='random seed; the same seed writes the same bytes (default 0)')
     p.add_argument('--seconds', type=float, nargs=2, default=(300, 600), metavar=('MIN', 'MAX'),
                    help='recording durations, drawn uniformly (default 300 600)')

@@ -213,7 +213,7 @@ def test_missing_and_garbage_files(tmp_path):
     with pytest.raises(FileNotFoundError, match='eegpt_mcae_58chs_4s_large4E.ckpt'): load_eegpt(tmp_path / 'nope.ckpt')
     (tmp_path / 'junk.ckpt').write_bytes(b'not a checkpoint')
     with pytest.raises(CheckpointError, match='junk.ckpt'): load_eegpt(tmp_path / 'junk.ckpt')
-    with pytest.raises(CheckpointError, match='expected a dict of tensors'): load_eegpt(_write(tmp_path, [1, 2]))
+    with pytest.raises(CheckpointError, match='expected a state dict'): load_eegpt(_write(tmp_path, [1, 2]))
 
 
 # -- the wrapper ----------------------------------------------------------------------------------

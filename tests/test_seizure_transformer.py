@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from brain_go_brrr.eegpt import CheckpointError, n_params
+from brain_go_brrr.checkpoints import CheckpointError
+from brain_go_brrr.eegpt import n_params
 from brain_go_brrr.seizure_transformer import (RELEASED_CHANNELS, RELEASED_PROFILE, SIZES, TEMPLATE_PREFIX,
                                                SeizureTransformer, load_seizure_transformer,
                                                read_released_state_dict, released_layout, released_probabilities,
