@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/11_eegpt.ipynb #9a62ced9
 from __future__ import annotations
-import logging, math, os, pickle, re
+import logging, math, os, pickle
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
