@@ -337,9 +337,11 @@ class TrainState:
     def judge(self, metrics: dict, watched: float) -> bool:
         "Record an evaluation; True when `watched` is the best so far."
         self.history.append(dict(step=self.step, epoch=self.epoch, **metrics))
-        improved = watched > self.best
-        self.best, self.bad_epochs = (watched, 0) if improved else (self.best, self.bad_epochs + 1)
-        return improved
+        if watched > self.best:
+            self.best, self.bad_epochs = watched, 0
+            return True
+        self.bad_epochs += 1
+        return False
 
     def counters(self) -> dict:
         "The guards' running counts, by their metrics.json names."
