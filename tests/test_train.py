@@ -128,6 +128,17 @@ def test_too_many_nonfinite_steps_in_a_row_stop_with_a_diagnosis(corpus, tmp_pat
         T.train(tiny(corpus, tmp_path, max_nonfinite_in_row=3, nan_debug=True))
 
 
+def test_a_run_stops_early_when_the_monitored_metric_stops_improving(corpus, tmp_path, monkeypatch):
+    "A dev AUROC that never rises again: with patience 1 the run ends after its second evaluation, of four epochs."
+    flat = dict(dev_auroc=0.7, dev_sens_at_fa={'10': 0.5, '5': 0.5, '1': 0.5}, dev_operating_points=None)
+    monkeypatch.setattr(T, 'dev_metrics', lambda cache, probs: dict(flat))
+    m = T.train(tiny(corpus, tmp_path, epochs=4, patience=1))
+    assert m['epochs'] == 2
+    state = T.load_checkpoint(tmp_path / 'train' / 'last.pt')['state']
+    assert (state['best'], state['bad_epochs']) == (0.7, 1)
+    assert T.load_checkpoint(tmp_path / 'train' / 'best.pt')['state']['epoch'] == 1  # the first evaluation's model
+
+
 def test_env_overrides_switch_the_guards(monkeypatch):
     monkeypatch.setenv('BGB_SANITIZE_GRADS', '1'); monkeypatch.setenv('BGB_NAN_DEBUG', '1'); monkeypatch.setenv('BGB_EDGE_CLAMP', '0')
     p = load_params(None)
