@@ -144,22 +144,43 @@ def test_one_file_name_under_two_subjects_is_refused(tmp_path, write_edf):
 
 
 # 6. kill -9 of a parallel build: the lock ends with its owner, and a resumed build finishes
+# A build whose pool workers block once their first recording is written: it is certainly still running, with a
+# finished recording on disk, when it is killed, however loaded the machine (no race against wall-clock polling).
+STALLED_BUILD = ("import sys, threading\nimport brain_go_brrr.cache as C\nfrom brain_go_brrr.cli import main\n"
+                 "real = C.cache_recording\n"
+                 "def stalled(*a, **kw):\n    real(*a, **kw)\n    threading.Event().wait()\n"
+                 "C.cache_recording = stalled\nmain(sys.argv[1:])")
+
+
+def live_members(group: int) -> list[int]:
+    "Processes of a process group that are not zombies (a zombie still answers `kill(pid, 0)` until it is reaped)."
+    members = []
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try: fields = stat.read_text().rsplit(')', 1)[1].split()
+        except OSError: continue              # ended while we looked
+        if int(fields[2]) == group and fields[0] != 'Z': members.append(int(stat.parent.name))
+    return members
+
+
 def test_kill_9_of_a_parallel_build_leaves_no_lock_behind(tmp_path, write_edf):
     root, cache = tmp_path / 'tusz', tmp_path / 'cache'
     for i in range(12): write_edf(root, 'train', f'subj{i:04d}', seed=i, seconds=240, seizure=(30.0, 55.0))
-    cmd = CLI + ['build-cache', '--data-dir', root, '--cache-dir', cache, '--split', 'train', '--workers', '2']
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = ['build-cache', '--data-dir', str(root), '--cache-dir', str(cache), '--split', 'train', '--workers', '2']
+    log = tmp_path / 'stalled.stderr'
+    with open(log, 'w') as err: p = subprocess.Popen([sys.executable, '-c', STALLED_BUILD, *args],
+                                                      stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while not list((cache / 'recordings').glob('*.json')) and time.time() < deadline and p.poll() is None: time.sleep(0.02)
-        assert p.poll() is None, 'the build ended before it could be killed'
+        give_up = time.monotonic() + 1800  # a hang guard only: the workers wait forever after their first recording
+        while not list((cache / 'recordings').glob('*.json')):
+            assert p.poll() is None and time.monotonic() < give_up, log.read_text()
+            time.sleep(0.05)
         os.kill(p.pid, signal.SIGKILL)  # the build alone, as `kill -9 PID` or the OOM killer do: its pool workers are not
         p.wait()
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(CLI + args, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
         assert scan_cache(cache)['recordings'] == 12
-        time.sleep(0.5)
-        with pytest.raises(ProcessLookupError): os.killpg(p.pid, 0)  # no worker of the killed build lives on
+        # no worker of the killed build lives on: PR_SET_PDEATHSIG killed them with their parent, long before now
+        assert live_members(p.pid) == []
     finally:
         try: os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError: pass

@@ -66,8 +66,14 @@ def test_a_run_logs_to_tensorboard_and_counts_clipped_inputs(corpus, tmp_path):
     assert not tensorboard_writer(tiny(corpus, tmp_path, tensorboard=False))
 
 
-TRAIN = ("import json, sys, torch\ntorch.set_num_threads(1)\nfrom brain_go_brrr.params import load_params\n"
-         "from brain_go_brrr.train import train\ntrain(load_params(None, **json.loads(sys.argv[1])))")
+# A run that stops moving once it has saved the checkpoint of epoch 1, batch 3 (it waits forever after that save):
+# the test kills it there, at that position, however slow or fast the machine is (no race against polling).
+TRAIN_UNTIL_1_3 = ("import json, sys, threading, torch\ntorch.set_num_threads(1)\n"
+                   "from brain_go_brrr.params import load_params\nimport brain_go_brrr.train as T\n"
+                   "real = T.save_checkpoint\n"
+                   "def save(path, checkpoint):\n    real(path, checkpoint)\n"
+                   "    if (checkpoint['state']['epoch'], checkpoint['state']['batch']) >= (1, 3): threading.Event().wait()\n"
+                   "T.save_checkpoint = save\nT.train(load_params(None, **json.loads(sys.argv[1])))")
 
 
 def checkpoint_position(path) -> tuple[int, int] | None:
@@ -84,11 +90,14 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(corpus, tmp_path):
     straight = T.load_checkpoint(tmp_path / 'a' / 'train' / 'last.pt')
 
     killed = tiny(corpus, tmp_path / 'b', **kw)
-    proc = subprocess.Popen([sys.executable, '-c', TRAIN, killed.model_dump_json()], stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
+    log = tmp_path / 'killed.stderr'
+    with open(log, 'w') as err: proc = subprocess.Popen([sys.executable, '-c', TRAIN_UNTIL_1_3, killed.model_dump_json()],
+                                                         stderr=err)
+    give_up = time.monotonic() + 1800  # a hang guard only: the run waits at (1, 3) until it is killed
     while (pos := checkpoint_position(killed.run_dir / 'last.pt')) is None or pos < (1, 3):
-        assert proc.poll() is None and time.time() < deadline, f'the run ended before it was killed (at {pos})'
+        assert proc.poll() is None and time.monotonic() < give_up, f'not killed at (1, 3) ({pos}): {log.read_text()}'
         time.sleep(0.05)
+    assert pos == (1, 3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     T.train(tiny(corpus, tmp_path / 'b', resume=True, **kw))
