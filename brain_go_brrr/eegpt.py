@@ -20,12 +20,13 @@ log = logging.getLogger('brain_go_brrr')
 # %% auto #0
 __all__ = ['log', 'EEGPT_VOCABULARY', 'CHANNEL_DICT', 'PRETRAINED_CHANNELS', 'EEGPT_NAMES', 'EEGPT_SIZES', 'ENCODER_PREFIX',
            'PRETRAINING_PREFIXES', 'ONE_CYCLE_LR', 'ANNEALING_FUNCTIONS', 'OneCycleLRRecord', 'ADAMW',
-           'LIGHTNING_STAND_INS', 'WEIGHTS_ONLY_READER', 'FINETUNE_CHANNELS', 'OFFICIAL_TUAB_INPUTS', 'eegpt_channel',
-           'eegpt_channel_ids', 'EEGPTConfig', 'PatchEmbed', 'Attention', 'Mlp', 'Block', 'EEGPTEncoder', 'n_params',
-           'InertRecord', 'inert_record', 'read_state_dict', 'encoder_state_dict', 'load_eegpt', 'save_released_layout',
-           'random_checkpoint', 'save_lightning_layout', 'NormalizedEEGPT', 'create_normalized_eegpt', 'LinearProbe',
-           'balanced_accuracy', 'auroc', 'FinetuneRecipe', 'renorm_', 'ChannelMix', 'EEGPTFinetune', 'encoder_layer',
-           'layer_decay_groups', 'warmup_cosine', 'finetune_optimizer']
+           'LIGHTNING_STAND_INS', 'WEIGHTS_ONLY_READER', 'FINETUNE_CHANNELS', 'OFFICIAL_TUAB_INPUTS',
+           'FINETUNE_PROTOCOLS', 'eegpt_channel', 'eegpt_channel_ids', 'EEGPTConfig', 'PatchEmbed', 'Attention', 'Mlp',
+           'Block', 'EEGPTEncoder', 'n_params', 'InertRecord', 'inert_record', 'read_state_dict', 'encoder_state_dict',
+           'load_eegpt', 'save_released_layout', 'random_checkpoint', 'save_lightning_layout', 'NormalizedEEGPT',
+           'create_normalized_eegpt', 'LinearProbe', 'balanced_accuracy', 'auroc', 'accuracy', 'FinetuneRecipe',
+           'renorm_', 'ChannelMix', 'EEGPTFinetune', 'encoder_layer', 'layer_decay_groups', 'warmup_cosine',
+           'finetune_optimizer', 'train_step']
 
 # %% ../nbs/api/11_eegpt.ipynb #5d1aa060
 EEGPT_VOCABULARY = (
@@ -524,6 +525,12 @@ def auroc(y_true, p) -> float:
     y = np.asarray(y_true)
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float('nan')
 
+# %% ../nbs/api/11_eegpt.ipynb #f2a3b4c2
+def accuracy(y_true, p, threshold: float = 0.5) -> float:
+    "Share of windows classified right at `threshold` (NaN with none)."
+    y, hit = np.asarray(y_true).astype(bool), np.asarray(p) >= threshold
+    return float((hit == y).mean()) if len(y) else float('nan')
+
 # %% ../nbs/api/11_eegpt.ipynb #c3d9a5b1
 FINETUNE_CHANNELS = ('FP1', 'FPZ', 'FP2', 'F7', 'F3', 'FZ', 'F4', 'F8', 'T7', 'C3', 'CZ', 'C4', 'T8',
                      'P7', 'P3', 'PZ', 'P4', 'P8', 'O1', 'O2')  # what the channel mix's 20 outputs are embedded as
@@ -532,12 +539,13 @@ OFFICIAL_TUAB_INPUTS = TUAB23_CHANNELS  # the official script's 23 input channel
 # %% ../nbs/api/11_eegpt.ipynb #fc56e134
 @dataclass(frozen=True)
 class FinetuneRecipe:
-    "The official TUAB fine-tune's settings (downstream_tueg/ of the authors' code); the defaults are theirs."
+    "A TUAB fine-tune's settings; the defaults are the official run's (downstream_tueg/ of the authors' code)."
     montage: str = 'tuab23'         # its 23 input channels, in its order ('referential': the 19 alone)
     sfreq: float = 200.0
     l_freq: float = 0.1
     h_freq: float = 75.0
     notch: float = 50.0
+    filters: str = 'mne_fir'        # MNE's FIR at the native rate, then resampling (tuab.TUAB_FILTERS)
     window_s: float = 10.0
     input_scale: float = 0.01       # µV / 100
     kernel: int = 15                # the channel mix's depthwise convolution, in samples
@@ -549,16 +557,35 @@ class FinetuneRecipe:
     warmup_epochs: int = 5
     epochs: int = 50
     weight_decay: float = 0.05
-    layer_decay: float = 0.65       # the flag; the authors' code applied 1.0 (see above)
-    batch_size: int = 100           # per GPU, on 2 GPUs
+    layer_decay: float = 1.0        # what the authors' code applied (its flag said 0.65, see above)
+    batch_size: int = 100           # per device
+    devices: int = 2                # data-parallel replicas: a step takes devices x batch_size windows, drop_last
+    val_fraction: float = 0.2       # of the train subjects, per class
+    select_on: str = 'accuracy'     # the validation figure that picks the epoch: 'accuracy' or 'auroc'
+    amp: bool = True                # fp16 autocast and loss scaling, where the device has them (CUDA)
 
     @property
     def preprocessing(self) -> dict:
         "What `build_tuab_cache` takes to preprocess as the recipe does."
-        return dict(montage=self.montage, sfreq=self.sfreq, l_freq=self.l_freq, h_freq=self.h_freq, notch=self.notch)
+        return dict(montage=self.montage, sfreq=self.sfreq, l_freq=self.l_freq, h_freq=self.h_freq, notch=self.notch,
+                    filters=self.filters)
 
     @property
     def window(self) -> int: return int(round(self.window_s * self.sfreq))
+    @property
+    def step_windows(self) -> int: return self.batch_size * self.devices  # windows per optimiser step
+
+# %% ../nbs/api/11_eegpt.ipynb #e1b2c3d2
+FINETUNE_PROTOCOLS = {
+    'official_finetune': FinetuneRecipe(),
+    'project_finetune': FinetuneRecipe(
+        layer_decay=0.65,         # the decay the authors' flag asked for, applied as intended
+        devices=1,                # one device: 100 windows a step
+        select_on='auroc',        # threshold-free: accuracy at 0.5 moves with the validation set's class balance
+        val_fraction=0.25,        # more validation subjects: a steadier figure to select on
+        amp=False,                # fp32: the same arithmetic on a CPU and a GPU, no loss scaling
+        filters='butterworth'),   # the project's signal path (TUSZ's and the linear probe's), filtered after resampling
+}
 
 # %% ../nbs/api/11_eegpt.ipynb #d4e8b6c2
 @torch.no_grad()
@@ -638,3 +665,25 @@ def finetune_optimizer(model: EEGPTFinetune, steps_per_epoch: int, recipe: Finet
     lrs = warmup_cosine(r.lr, r.min_lr, r.epochs * steps_per_epoch, r.warmup_epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lrs[min(step, len(lrs) - 1)] / r.lr)
     return optimizer, schedule
+
+# %% ../nbs/api/11_eegpt.ipynb #f2a3b4c6
+def train_step(classifier: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, constrain, devices: int = 1,
+               scaler: torch.amp.GradScaler | None = None, pos_weight: torch.Tensor | None = None):
+    """One optimiser step on (x, y) taken as `devices` data-parallel replicas take it; fp16 autocast and loss scaling
+    with `scaler`; then `constrain()`. Returns the loss and the logits (detached)."""
+    if len(x) % devices: raise ValueError(f'a batch of {len(x)} does not split over {devices} devices: drop the '
+                                          'last incomplete batch (drop_last=True)')
+    optimizer.zero_grad()
+    loss, logits = 0.0, []
+    for xs, ys in zip(x.chunk(devices), y.chunk(devices)):
+        with torch.autocast(x.device.type, torch.float16, enabled=scaler is not None):
+            logit = classifier(xs)
+        part = F.binary_cross_entropy_with_logits(logit.float(), ys, pos_weight=pos_weight) / devices
+        (part if scaler is None else scaler.scale(part)).backward()
+        loss, logits = loss + part.item(), logits + [logit.detach().float()]
+    if scaler is None: optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    constrain()
+    return loss, torch.cat(logits)

@@ -1,19 +1,19 @@
 """EEGPT as the paper ran it: the released Lightning checkpoint read as it is (payloads still refused),
 the remainder after the last patch dropped, the official TUAB fine-tune's 23 inputs, layers, optimiser and schedule."""
-import collections, copyreg, logging, math, os, pickle, pickletools, types, zipfile
+import collections, copy, copyreg, logging, math, os, pickle, pickletools, types, zipfile
 from pathlib import Path
 import mne
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from torch.optim.lr_scheduler import OneCycleLR
 
-from brain_go_brrr.eegpt import (ANNEALING_FUNCTIONS, ONE_CYCLE_LR, InertRecord, EEGPT_SIZES, FINETUNE_CHANNELS, LIGHTNING_STAND_INS,
-                                 OFFICIAL_TUAB_INPUTS, WEIGHTS_ONLY_READER, CheckpointError, EEGPTConfig, EEGPTEncoder,
-                                 EEGPTFinetune, FinetuneRecipe, eegpt_channel_ids, finetune_optimizer,
-                                 layer_decay_groups, load_eegpt, save_lightning_layout, warmup_cosine, EEGPT_VOCABULARY)
+from brain_go_brrr.eegpt import (ANNEALING_FUNCTIONS, EEGPT_SIZES, EEGPT_VOCABULARY, FINETUNE_CHANNELS,
+                                 FINETUNE_PROTOCOLS, LIGHTNING_STAND_INS, OFFICIAL_TUAB_INPUTS, ONE_CYCLE_LR,
+                                 WEIGHTS_ONLY_READER, CheckpointError, EEGPTConfig, EEGPTEncoder, EEGPTFinetune,
+                                 FinetuneRecipe, InertRecord, accuracy, eegpt_channel_ids, finetune_optimizer,
+                                 layer_decay_groups, load_eegpt, save_lightning_layout, train_step, warmup_cosine)
 from brain_go_brrr.signal import channel_names
 from brain_go_brrr.tuab import TuabWindows, build_tuab_cache
 
@@ -175,15 +175,54 @@ def test_the_remainder_after_the_last_patch_is_dropped_and_said(caplog):
 # -- the official fine-tune -------------------------------------------------------------------------
 
 def test_official_recipe_values():
+    "Each value as the authors' run had it (downstream_tueg/ of BINE022/EEGPT@a0e0a8f; 11_eegpt cites file and line)."
     r = FinetuneRecipe()
-    assert (r.sfreq, r.l_freq, r.h_freq, r.notch, r.window_s, r.input_scale) == (200.0, 0.1, 75.0, 50.0, 10.0, 0.01)
-    assert (r.lr, r.weight_decay, r.layer_decay, r.epochs, r.warmup_epochs, r.min_lr) == (5e-4, 0.05, 0.65, 50, 5, 1e-6)
-    assert r.preprocessing == dict(montage='tuab23', sfreq=200.0, l_freq=0.1, h_freq=75.0, notch=50.0)
+    assert (r.sfreq, r.l_freq, r.h_freq, r.notch, r.filters, r.window_s, r.input_scale) == (200.0, 0.1, 75.0, 50.0,
+                                                                                           'mne_fir', 10.0, 0.01)
+    assert (r.lr, r.weight_decay, r.epochs, r.warmup_epochs, r.min_lr) == (5e-4, 0.05, 50, 5, 1e-6)
+    assert r.layer_decay == 1.0  # the flag said 0.65; the authors' assigner matched no parameter name
+    assert (r.batch_size, r.devices, r.step_windows) == (100, 2, 200) and r.amp
+    assert (r.val_fraction, r.select_on) == (0.2, 'accuracy')
+    assert r.preprocessing == dict(montage='tuab23', sfreq=200.0, l_freq=0.1, h_freq=75.0, notch=50.0,
+                                   filters='mne_fir')
     assert r.window == 2000
     assert len(OFFICIAL_TUAB_INPUTS) == 23 and len(FINETUNE_CHANNELS) == 20 and 'FPZ' in FINETUNE_CHANNELS
     assert OFFICIAL_TUAB_INPUTS == ('FP1', 'FP2', 'F3', 'F4', 'C3', 'C4', 'P3', 'P4', 'O1', 'O2', 'F7', 'F8', 'T3',
                                     'T4', 'T5', 'T6', 'A1', 'A2', 'FZ', 'CZ', 'PZ', 'T1', 'T2')  # the authors' list
     assert channel_names(r.montage) == list(OFFICIAL_TUAB_INPUTS)  # what the recipe's cache reads
+    assert FINETUNE_PROTOCOLS['official_finetune'] == r
+
+
+def test_the_project_variant_differs_from_the_official_run_in_the_named_choices_only():
+    official, project = FINETUNE_PROTOCOLS['official_finetune'], FINETUNE_PROTOCOLS['project_finetune']
+    changed = {k for k in official.__dataclass_fields__ if getattr(official, k) != getattr(project, k)}
+    assert changed == {'layer_decay', 'devices', 'select_on', 'val_fraction', 'amp', 'filters'}
+    assert (project.layer_decay, project.step_windows, project.select_on, project.val_fraction, project.amp,
+            project.filters) == (0.65, 100, 'auroc', 0.25, False, 'butterworth')
+
+
+def test_two_devices_are_two_micro_batches_whose_gradients_are_averaged():
+    "What DistributedDataParallel computes on 2 GPUs: each replica's mean loss on its half (BatchNorm per half)."
+    torch.manual_seed(5)
+    recipe = FinetuneRecipe(window_s=1.0, mix_dropout=0.0, dropout=0.0)
+    m = EEGPTFinetune(EEGPTEncoder(SMALL), 19, recipe).train()
+    x, y = torch.randn(8, 19, 200) * 30, torch.tensor([0., 1., 1., 0., 1., 0., 0., 1.])
+    replicas = [copy.deepcopy(m) for _ in range(2)]
+    for r, xs, ys in zip(replicas, x.chunk(2), y.chunk(2)): F.binary_cross_entropy_with_logits(r(xs), ys).backward()
+    ddp = {n: (a.grad + b.grad) / 2 for (n, a), (_, b) in zip(*(r.named_parameters() for r in replicas))}
+    loss, logits = train_step(m, torch.optim.SGD(m.parameters(), lr=0.0), x, y, m.constrain, devices=2)
+    for n, p in m.named_parameters(): torch.testing.assert_close(p.grad, ddp[n], rtol=1e-4, atol=1e-6)
+    one = copy.deepcopy(m)
+    train_step(one, torch.optim.SGD(one.parameters(), lr=0.0), x, y, one.constrain, devices=1)
+    assert not torch.allclose(one.mix[0].weight.grad, m.mix[0].weight.grad)  # BatchNorm over all 8 is another step
+    assert logits.shape == (8,)
+    with pytest.raises(ValueError, match='drop_last'): train_step(m, torch.optim.SGD(m.parameters(), lr=0.0), x[:7],
+                                                                  y[:7], m.constrain, devices=2)
+
+
+def test_accuracy_is_the_official_selection_figure():
+    assert accuracy([0, 1, 1, 0], [0.5, 0.5, 0.49, 0.1]) == 0.5  # p >= 0.5 is abnormal, as pyhealth thresholds
+    assert math.isnan(accuracy([], []))
 
 
 def test_official_classifier_shapes_match_the_authors():
