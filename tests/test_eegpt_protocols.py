@@ -220,6 +220,23 @@ def test_two_devices_are_two_micro_batches_whose_gradients_are_averaged():
                                                                   y[:7], m.constrain, devices=2)
 
 
+def test_amp_steps_in_fp16_with_loss_scaling_to_the_fp32_gradients():
+    "The official AMP step (autocast fp16, GradScaler): run on the CPU's fp16 autocast here; CUDA's is the same path."
+    torch.manual_seed(5)
+    m = EEGPTFinetune(EEGPTEncoder(SMALL), 19, FinetuneRecipe(window_s=1.0, mix_dropout=0.0, dropout=0.0)).train()
+    amp = copy.deepcopy(m)
+    x, y = torch.randn(8, 19, 200) * 30, torch.tensor([0., 1., 1., 0., 1., 0., 0., 1.])
+    seen = []
+    amp.head.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    fp32, _ = train_step(m, torch.optim.SGD(m.parameters(), lr=0.0), x, y, m.constrain, devices=2)
+    scaler = torch.amp.GradScaler('cpu')
+    fp16, _ = train_step(amp, torch.optim.SGD(amp.parameters(), lr=0.0), x, y, amp.constrain, devices=2, scaler=scaler)
+    assert seen == [torch.float16] * 2 and scaler.get_scale() > 1  # autocast ran, the loss was scaled
+    assert fp16 == pytest.approx(fp32, rel=1e-3)
+    scale = m.head.weight.grad.abs().max()
+    torch.testing.assert_close(amp.head.weight.grad, m.head.weight.grad, rtol=0, atol=5e-3 * scale)
+
+
 def test_accuracy_is_the_official_selection_figure():
     assert accuracy([0, 1, 1, 0], [0.5, 0.5, 0.49, 0.1]) == 0.5  # p >= 0.5 is abnormal, as pyhealth thresholds
     assert math.isnan(accuracy([], []))
