@@ -73,9 +73,11 @@ def source_identity(f) -> dict:
 
 # %% ../nbs/api/04_cache.ipynb #6b2a3554
 def _settings_diff(old: dict, new: dict) -> str:
-    "'; '-joined settings that differ ('' when none); the package version may change without a rebuild."
-    return '; '.join(f'{k}: {old.get(k)!r} there, {v!r} now' for k, v in new.items()
-                     if k != 'version' and old.get(k) != v)
+    """'; '-joined settings that differ, a setting only one side has included ('' when none); the package version
+    may change without a rebuild."""
+    keys = [*new, *(k for k in old if k not in new)]
+    return '; '.join(f'{k}: {old.get(k)!r} there, {new.get(k)!r} now' for k in keys
+                     if k != 'version' and old.get(k) != new.get(k))
 
 # %% ../nbs/api/04_cache.ipynb #442e1d3c
 def _entries(root: Path, sub: str = 'recordings') -> dict[str, dict]:

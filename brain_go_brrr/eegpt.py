@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/11_eegpt.ipynb #9a62ced9
 from __future__ import annotations
-import logging, math, os, pickle
+import copy, io, logging, math, os, pickle, pickletools, types, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -19,12 +19,14 @@ log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
 __all__ = ['log', 'EEGPT_VOCABULARY', 'CHANNEL_DICT', 'PRETRAINED_CHANNELS', 'EEGPT_NAMES', 'EEGPT_SIZES', 'ENCODER_PREFIX',
-           'PRETRAINING_PREFIXES', 'ONE_CYCLE_LR', 'ANNEALING_FUNCTIONS', 'LIGHTNING_STAND_INS', 'FINETUNE_CHANNELS',
-           'OFFICIAL_TUAB_INPUTS', 'eegpt_channel', 'eegpt_channel_ids', 'EEGPTConfig', 'PatchEmbed', 'Attention',
-           'Mlp', 'Block', 'EEGPTEncoder', 'n_params', 'read_state_dict', 'encoder_state_dict', 'load_eegpt',
-           'save_released_layout', 'random_checkpoint', 'NormalizedEEGPT', 'create_normalized_eegpt', 'LinearProbe',
-           'balanced_accuracy', 'auroc', 'FinetuneRecipe', 'renorm_', 'ChannelMix', 'EEGPTFinetune', 'encoder_layer',
-           'layer_decay_groups', 'warmup_cosine', 'finetune_optimizer']
+           'PRETRAINING_PREFIXES', 'ONE_CYCLE_LR', 'ANNEALING_FUNCTIONS', 'OneCycleLRRecord', 'ADAMW',
+           'LIGHTNING_STAND_INS', 'WEIGHTS_ONLY_READER', 'FINETUNE_CHANNELS', 'OFFICIAL_TUAB_INPUTS',
+           'FINETUNE_PROTOCOLS', 'eegpt_channel', 'eegpt_channel_ids', 'EEGPTConfig', 'PatchEmbed', 'Attention', 'Mlp',
+           'Block', 'EEGPTEncoder', 'n_params', 'InertRecord', 'inert_record', 'read_state_dict', 'encoder_state_dict',
+           'load_eegpt', 'save_released_layout', 'random_checkpoint', 'save_lightning_layout', 'NormalizedEEGPT',
+           'create_normalized_eegpt', 'LinearProbe', 'balanced_accuracy', 'auroc', 'accuracy', 'FinetuneRecipe',
+           'renorm_', 'ChannelMix', 'EEGPTFinetune', 'encoder_layer', 'layer_decay_groups', 'warmup_cosine',
+           'finetune_optimizer', 'train_step']
 
 # %% ../nbs/api/11_eegpt.ipynb #5d1aa060
 EEGPT_VOCABULARY = (
@@ -210,20 +212,80 @@ ENCODER_PREFIX = 'target_encoder.'
 PRETRAINING_PREFIXES = ('encoder.', 'predictor.', 'reconstructor.')
 
 # %% ../nbs/api/11_eegpt.ipynb #735ed4f4
+class InertRecord:
+    "A training object of a checkpoint rebuilt as data: the class it stands in for (`qualname`) and its pickled state."
+    __slots__ = ('state',)
+    qualname = ''
+
+    def __new__(cls, *args):
+        if args: raise pickle.UnpicklingError(f'{cls.qualname} rebuilt with arguments {args!r}: a checkpoint may only '
+                                              'restore it from its state')
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):  # reached only when a pickle calls the class (REDUCE), never by NEWOBJ
+        raise pickle.UnpicklingError(f'{self.qualname} called: a checkpoint may only restore it from its state')
+
+    def __setstate__(self, state) -> None:
+        if hasattr(self, 'state') or not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise pickle.UnpicklingError(f'{self.qualname}: BUILD with a {type(state).__name__}, or a second BUILD; '
+                                         'a record takes one dict of attributes')
+        self.state = state
+
+    def __repr__(self): return f'InertRecord({self.qualname})'
+
+# %% ../nbs/api/11_eegpt.ipynb #1aaa0854
+def inert_record(qualname: str) -> type:
+    "A record class standing in for the class `qualname` while a checkpoint is read."
+    return type(qualname.rsplit('.', 1)[-1] + 'Record', (InertRecord,), {'__slots__': (), 'qualname': qualname})
+
+# %% ../nbs/api/11_eegpt.ipynb #c1e0a6b3
 ONE_CYCLE_LR = 'torch.optim.lr_scheduler.OneCycleLR'
 ANNEALING_FUNCTIONS = ('_annealing_cos', '_annealing_linear')
+OneCycleLRRecord = inert_record(ONE_CYCLE_LR)
 
 def _annealing_name(owner, name) -> str:
     "`getattr` while a checkpoint is read: OneCycleLR's annealing function, as its name (never the function)."
-    if owner != ONE_CYCLE_LR or name not in ANNEALING_FUNCTIONS:
-        raise pickle.UnpicklingError(f'getattr({owner!r}, {name!r}): the only getattr allowed is '
-                                     f'getattr(OneCycleLR, {" or ".join(ANNEALING_FUNCTIONS)})')
-    return f'{owner}.{name}'
+    if not (owner is OneCycleLRRecord or isinstance(owner, OneCycleLRRecord)) or name not in ANNEALING_FUNCTIONS:
+        raise pickle.UnpicklingError(f'getattr({owner!r}, {name!r}): the only getattr allowed is that of OneCycleLR '
+                                     f'{" or ".join(ANNEALING_FUNCTIONS)}, its anneal_func as old torch pickled it')
+    return f'{ONE_CYCLE_LR}.{name}'
 
-# %% ../nbs/api/11_eegpt.ipynb #1aaa0854
-# What a Lightning checkpoint saved under torch 2.0 with OneCycleLR holds beyond weights_only's allowlist, each
-# resolved to an inert stand-in (global name -> what the unpickler gets): the scheduler state's `anneal_func`.
-LIGHTNING_STAND_INS = [(ONE_CYCLE_LR, ONE_CYCLE_LR), (_annealing_name, 'builtins.getattr')]
+# %% ../nbs/api/11_eegpt.ipynb #c1e0a6b4
+def _defaultdict_as_dict(default_factory=None) -> dict:
+    "`collections.defaultdict` while a checkpoint is read: an optimizer's `state`, a `defaultdict(dict)`, as a dict."
+    if default_factory is not dict:
+        raise pickle.UnpicklingError(f'defaultdict({default_factory!r}): the only defaultdict allowed is an '
+                                     'optimizer state\'s defaultdict(dict)')
+    return {}
+
+# %% ../nbs/api/11_eegpt.ipynb #c1e0a6b7
+ADAMW = 'torch.optim.adamw.AdamW'
+# What a Lightning checkpoint saved with OneCycleLR under torch < 2.4 holds beyond weights_only's allowlist (global
+# name -> what the unpickler gets): the scheduler and its AdamW as records, the optimizer's state as a dict (`dict`
+# is its defaultdict's factory), anneal_func as its name.
+LIGHTNING_STAND_INS = [(OneCycleLRRecord, ONE_CYCLE_LR), (inert_record(ADAMW), ADAMW),
+                       (_defaultdict_as_dict, 'collections.defaultdict'), (dict, 'builtins.dict'),
+                       (_annealing_name, 'builtins.getattr')]
+
+# %% ../nbs/api/11_eegpt.ipynb #c1e0a6c2
+def _without_recursive_pops(data: bytes) -> bytes:
+    "`data`, a pickle, without the `POP`, `GET n` that pickle writes after the `REDUCE` of a recursive object."
+    ops = list(pickletools.genops(data)) + [(None, None, len(data))]
+    cuts = [(ops[i + 1][2], ops[i + 3][2]) for i in range(len(ops) - 3) if ops[i][0].name == 'REDUCE'
+            and ops[i + 1][0].name == 'POP' and ops[i + 2][0].name in ('GET', 'BINGET', 'LONG_BINGET')]
+    kept, at = [], 0
+    for start, stop in cuts:
+        kept.append(data[at:start])
+        at = stop
+    return b''.join(kept) + data[at:]
+
+# %% ../nbs/api/11_eegpt.ipynb #c1e0a6c6
+class _WeightsOnlyUnpickler(torch._weights_only_unpickler.Unpickler):
+    "torch's weights-only unpickler, over the pickle without its recursive-REDUCE `POP`s."
+    def __init__(self, file, **kwargs): super().__init__(io.BytesIO(_without_recursive_pops(file.read())), **kwargs)
+
+WEIGHTS_ONLY_READER = types.ModuleType('weights_only_reader')  # what torch.load takes as pickle_module
+WEIGHTS_ONLY_READER.Unpickler = _WeightsOnlyUnpickler
 
 # %% ../nbs/api/11_eegpt.ipynb #ae2d3055
 def read_state_dict(path) -> dict[str, torch.Tensor]:
@@ -233,12 +295,16 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
                                                    f'eegpt_mcae_58chs_4s_large4E.ckpt)')
     try:
         with torch.serialization.safe_globals(LIGHTNING_STAND_INS):
-            obj = torch.load(path, map_location='cpu', weights_only=True)
+            # a zip (torch >= 1.6) through the weights-only unpickler that reads recursive reductions; an older file
+            # through torch's own weights-only path
+            obj = (torch.load(path, map_location='cpu', weights_only=False, pickle_module=WEIGHTS_ONLY_READER)
+                   if zipfile.is_zipfile(path) else torch.load(path, map_location='cpu', weights_only=True))
     except pickle.UnpicklingError as e:
         first = unpickler_refusal(e)
         raise CheckpointError(
             f'{path}: holds Python objects besides tensors, which weights_only=True refuses ({first}). '
-            'It is not loaded unsafely (only OneCycleLR\'s anneal_func is let through, as its name). '
+            'It is not loaded unsafely (only the OneCycleLR and AdamW states are let through, as inert records, and '
+            'OneCycleLR\'s anneal_func as its name). '
             'If you trust the file, extract its tensors once: python -c "import torch; '
             f"torch.save(torch.load('{path}', weights_only=False)['state_dict'], 'eegpt_state_dict.pt')\" "
             'and pass eegpt_state_dict.pt') from None
@@ -322,6 +388,29 @@ def random_checkpoint(path, config: EEGPTConfig = EEGPTConfig(), seed: int = 0) 
     torch.manual_seed(seed)
     enc = EEGPTEncoder(config)
     return save_released_layout(enc, path, {'encoder.' + k: v.clone() for k, v in enc.state_dict().items()})
+
+# %% ../nbs/api/11_eegpt.ipynb #d7a0c3e1
+def save_lightning_layout(encoder: EEGPTEncoder, path, **extra) -> Path:
+    """`encoder` in the released layout with the training state Lightning saved beside it: AdamW and OneCycleLR after
+    one step, `anneal_func` a bound method as torch before 2.2 kept it; `extra` adds or replaces top-level keys."""
+    path, model = Path(path), copy.deepcopy(encoder)  # the step below changes the copy, not `encoder`
+    sd = {ENCODER_PREFIX + k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-4, total_steps=10, div_factor=2, final_div_factor=8,
+                                                pct_start=0.2)
+    model(torch.randn(1, 3, model.config.patch_size), torch.arange(3)).sum().backward()
+    opt.step()
+    sched.step()
+    del sched._anneal_func_type  # torch >= 2.4's replacement for anneal_func
+    sched.anneal_func = types.MethodType(torch.optim.lr_scheduler.OneCycleLR._annealing_cos, sched)
+    ckpt = {'epoch': 199, 'global_step': 4000, 'pytorch-lightning_version': '2.1.0', 'state_dict': sd,
+            'loops': {'fit_loop': {'epoch_progress': {'total': {'ready': 200, 'completed': 199}}}},
+            'callbacks': {"LearningRateMonitor{'logging_interval': 'epoch'}": {}},
+            'optimizer_states': [opt.state_dict()], 'lr_schedulers': [sched.state_dict()]} | extra
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    torch.save(ckpt, tmp, pickle_protocol=2)
+    os.replace(tmp, path)
+    return path
 
 # %% ../nbs/api/11_eegpt.ipynb #2839756e
 class NormalizedEEGPT(nn.Module):
@@ -436,6 +525,12 @@ def auroc(y_true, p) -> float:
     y = np.asarray(y_true)
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float('nan')
 
+# %% ../nbs/api/11_eegpt.ipynb #f2a3b4c2
+def accuracy(y_true, p, threshold: float = 0.5) -> float:
+    "Share of windows classified right at `threshold` (NaN with none)."
+    y, hit = np.asarray(y_true).astype(bool), np.asarray(p) >= threshold
+    return float((hit == y).mean()) if len(y) else float('nan')
+
 # %% ../nbs/api/11_eegpt.ipynb #c3d9a5b1
 FINETUNE_CHANNELS = ('FP1', 'FPZ', 'FP2', 'F7', 'F3', 'FZ', 'F4', 'F8', 'T7', 'C3', 'CZ', 'C4', 'T8',
                      'P7', 'P3', 'PZ', 'P4', 'P8', 'O1', 'O2')  # what the channel mix's 20 outputs are embedded as
@@ -444,12 +539,13 @@ OFFICIAL_TUAB_INPUTS = TUAB23_CHANNELS  # the official script's 23 input channel
 # %% ../nbs/api/11_eegpt.ipynb #fc56e134
 @dataclass(frozen=True)
 class FinetuneRecipe:
-    "The official TUAB fine-tune's settings (downstream_tueg/ of the authors' code); the defaults are theirs."
+    "A TUAB fine-tune's settings; the defaults are the official run's (downstream_tueg/ of the authors' code)."
     montage: str = 'tuab23'         # its 23 input channels, in its order ('referential': the 19 alone)
     sfreq: float = 200.0
     l_freq: float = 0.1
     h_freq: float = 75.0
     notch: float = 50.0
+    filters: str = 'mne_fir'        # MNE's FIR at the native rate, then resampling (tuab.TUAB_FILTERS)
     window_s: float = 10.0
     input_scale: float = 0.01       # µV / 100
     kernel: int = 15                # the channel mix's depthwise convolution, in samples
@@ -461,16 +557,35 @@ class FinetuneRecipe:
     warmup_epochs: int = 5
     epochs: int = 50
     weight_decay: float = 0.05
-    layer_decay: float = 0.65       # the flag; the authors' code applied 1.0 (see above)
-    batch_size: int = 100           # per GPU, on 2 GPUs
+    layer_decay: float = 1.0        # what the authors' code applied (its flag said 0.65, see above)
+    batch_size: int = 100           # per device
+    devices: int = 2                # data-parallel replicas: a step takes devices x batch_size windows, drop_last
+    val_fraction: float = 0.2       # of the train subjects, per class
+    select_on: str = 'accuracy'     # the validation figure that picks the epoch: 'accuracy' or 'auroc'
+    amp: bool = True                # fp16 autocast and loss scaling, where the device has them (CUDA)
 
     @property
     def preprocessing(self) -> dict:
         "What `build_tuab_cache` takes to preprocess as the recipe does."
-        return dict(montage=self.montage, sfreq=self.sfreq, l_freq=self.l_freq, h_freq=self.h_freq, notch=self.notch)
+        return dict(montage=self.montage, sfreq=self.sfreq, l_freq=self.l_freq, h_freq=self.h_freq, notch=self.notch,
+                    filters=self.filters)
 
     @property
     def window(self) -> int: return int(round(self.window_s * self.sfreq))
+    @property
+    def step_windows(self) -> int: return self.batch_size * self.devices  # windows per optimiser step
+
+# %% ../nbs/api/11_eegpt.ipynb #e1b2c3d2
+FINETUNE_PROTOCOLS = {
+    'official_finetune': FinetuneRecipe(),
+    'project_finetune': FinetuneRecipe(
+        layer_decay=0.65,         # the decay the authors' flag asked for, applied as intended
+        devices=1,                # one device: 100 windows a step
+        select_on='auroc',        # threshold-free: accuracy at 0.5 moves with the validation set's class balance
+        val_fraction=0.25,        # more validation subjects: a steadier figure to select on
+        amp=False,                # fp32: the same arithmetic on a CPU and a GPU, no loss scaling
+        filters='butterworth'),   # the project's signal path (TUSZ's and the linear probe's), filtered after resampling
+}
 
 # %% ../nbs/api/11_eegpt.ipynb #d4e8b6c2
 @torch.no_grad()
@@ -550,3 +665,25 @@ def finetune_optimizer(model: EEGPTFinetune, steps_per_epoch: int, recipe: Finet
     lrs = warmup_cosine(r.lr, r.min_lr, r.epochs * steps_per_epoch, r.warmup_epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lrs[min(step, len(lrs) - 1)] / r.lr)
     return optimizer, schedule
+
+# %% ../nbs/api/11_eegpt.ipynb #f2a3b4c6
+def train_step(classifier: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, constrain, devices: int = 1,
+               scaler: torch.amp.GradScaler | None = None, pos_weight: torch.Tensor | None = None):
+    """One optimiser step on (x, y) taken as `devices` data-parallel replicas take it; fp16 autocast and loss scaling
+    with `scaler`; then `constrain()`. Returns the loss and the logits (detached)."""
+    if len(x) % devices: raise ValueError(f'a batch of {len(x)} does not split over {devices} devices: drop the '
+                                          'last incomplete batch (drop_last=True)')
+    optimizer.zero_grad()
+    loss, logits = 0.0, []
+    for xs, ys in zip(x.chunk(devices), y.chunk(devices)):
+        with torch.autocast(x.device.type, torch.float16, enabled=scaler is not None):
+            logit = classifier(xs)
+        part = F.binary_cross_entropy_with_logits(logit.float(), ys, pos_weight=pos_weight) / devices
+        (part if scaler is None else scaler.scale(part)).backward()
+        loss, logits = loss + part.item(), logits + [logit.detach().float()]
+    if scaler is None: optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    constrain()
+    return loss, torch.cat(logits)

@@ -8,6 +8,7 @@ import copy, re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+import mne
 import numpy as np
 import torch
 from .signal import read_eeg, preprocess, window_starts
@@ -15,9 +16,9 @@ from .tusz import recordings_under, subjects_in_several_splits
 from .cache import Cache, cache_files, open_cache, preprocessing_config
 
 # %% auto #0
-__all__ = ['TUAB_SPLITS', 'TUAB_CLASSES', 'TuabFile', 'parse_tuab_path', 'discover_tuab', 'check_tuab_splits', 'describe',
-           'split_by_subject', 'load_tuab', 'build_tuab_cache', 'recording_target', 'cache_subset', 'summarize_cache',
-           'TuabWindows']
+__all__ = ['TUAB_SPLITS', 'TUAB_CLASSES', 'TUAB_FILTERS', 'TuabFile', 'parse_tuab_path', 'discover_tuab', 'check_tuab_splits',
+           'describe', 'split_by_subject', 'preprocess_mne_fir', 'load_tuab', 'build_tuab_cache', 'recording_target',
+           'cache_subset', 'summarize_cache', 'TuabWindows']
 
 # %% ../nbs/api/01b_tuab.ipynb #a9e52787
 TUAB_SPLITS = ('train', 'eval')
@@ -91,23 +92,40 @@ def split_by_subject(files: list[TuabFile], val_fraction: float = 0.2, seed: int
         val |= set(rng.permutation(subjects)[:n].tolist()) if subjects else set()
     return [f for f in files if f.subject not in val], [f for f in files if f.subject in val]
 
+# %% ../nbs/api/01b_tuab.ipynb #a7f3c2d2
+def preprocess_mne_fir(data: np.ndarray, sfreq: float, sfreq_out: float = 200.0, l_freq: float = 0.1,
+                       h_freq: float = 75.0, notch: float | None = 50.0) -> np.ndarray:
+    "The official EEGPT TUAB steps: MNE's FIR band-pass and notch at the native rate, then MNE's resampling."
+    raw = mne.io.RawArray(np.asarray(data, np.float64), mne.create_info(len(data), sfreq, 'eeg'), verbose='error')
+    raw.filter(l_freq=l_freq, h_freq=h_freq, verbose='error')
+    if notch: raw.notch_filter(notch, verbose='error')
+    raw.resample(sfreq_out, verbose='error')
+    return raw.get_data().astype(np.float32)
+
+# %% ../nbs/api/01b_tuab.ipynb #a7f3c2d3
+TUAB_FILTERS = {'butterworth': preprocess,           # the project's: resample, then Butterworth and IIR notch
+                'mne_fir': preprocess_mne_fir}       # the official EEGPT fine-tune's: MNE FIR, then resample
+
 # %% ../nbs/api/01b_tuab.ipynb #6ebb9832
 def load_tuab(f: TuabFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     "A TUAB recording preprocessed as `config` says, its label for every sample, and what its manifest entry records."
     data, sfreq_in, _ = read_eeg(f.path, config['montage'])
-    x = preprocess(data, sfreq_in, config['sfreq'], config['l_freq'], config['h_freq'], config['notch'])
+    x = TUAB_FILTERS[config.get('filters', 'butterworth')](data, sfreq_in, config['sfreq'], config['l_freq'],
+                                                           config['h_freq'], config['notch'])
     return x, np.full(x.shape[1], f.target, np.uint8), dict(split=f.split, session=f.session, montage=f.montage,
                                                              sfreq_in=sfreq_in, label=f.label)
 
 # %% ../nbs/api/01b_tuab.ipynb #ff6a6d2e
 def build_tuab_cache(data_dir, cache_dir, split: str = 'train', workers: int = 1, progress: bool = True,
-                     **preprocessing) -> Cache:
-    """Cache every TUAB EDF of `split` not cached yet (resumes a killed build), through the TUSZ cache's build;
-    returns the cache."""
+                     filters: str = 'butterworth', **preprocessing) -> Cache:
+    """Cache every TUAB EDF of `split` not cached yet (resumes a killed build), through the TUSZ cache's build and the
+    `filters` of `TUAB_FILTERS`; returns the cache."""
+    if filters not in TUAB_FILTERS: raise ValueError(f'filters={filters!r}: pass one of {", ".join(TUAB_FILTERS)}')
     files = discover_tuab(data_dir, split)
     if not files: raise FileNotFoundError(f'{Path(data_dir) / "edf" / split}: no .edf files found')
-    cache_files(files, cache_dir, preprocessing_config(data_dir, split, corpus='tuab', **preprocessing), load_tuab,
-                workers, progress)
+    config = preprocessing_config(data_dir, split, corpus='tuab', **preprocessing)
+    if filters != 'butterworth': config['filters'] = filters  # absent: the project's, as in caches built before
+    cache_files(files, cache_dir, config, load_tuab, workers, progress)
     return open_cache(cache_dir)
 
 # %% ../nbs/api/01b_tuab.ipynb #92437e33

@@ -1,4 +1,5 @@
 "TUAB: discovery from the layout, the subject-disjoint validation split, the cache through the signal path, windows."
+import shutil
 from pathlib import Path
 import mne
 import numpy as np
@@ -143,3 +144,25 @@ def test_the_synthetic_tuab_corpus_is_read_as_tuab(tmp_path):
     assert not official.failures and len(official) == len(cache)  # it writes T1/T2: the official inputs are all there
     assert official.config['channels'][-4:] == ['CZ', 'PZ', 'T1', 'T2']
     assert TuabWindows(official, 4.0)[0][0].shape == (23, 1024)
+
+
+OFFICIAL_FIXTURE = Path(__file__).parent / 'data' / 'eegpt_tuab'  # how it was made: its README.md
+
+
+def test_the_official_filters_equal_what_the_authors_script_wrote(tmp_path):
+    "filters='mne_fir' (MNE FIR at the native rate, then resampling) against make_TUAB.py's own output for one EDF."
+    folder = tmp_path / 'edf' / 'train' / 'abnormal' / '01_tcp_ar'
+    folder.mkdir(parents=True)
+    shutil.copy(OFFICIAL_FIXTURE / 'aaaaaaaa_s001_t000.edf', folder)
+    official = dict(montage='tuab23', sfreq=200.0, l_freq=0.1, h_freq=75.0, notch=50.0)
+    authors = np.load(OFFICIAL_FIXTURE / 'make_TUAB_window0.npy')
+    cache = build_tuab_cache(tmp_path, tmp_path / 'fir', 'train', progress=False, filters='mne_fir', **official)
+    windows = TuabWindows(cache, window_s=10.0)
+    assert len(windows) == 1 and cache.config['filters'] == 'mne_fir'  # 11 s at 200 Hz: one whole 10-s window
+    x, y = windows[0]
+    np.testing.assert_allclose(x.numpy(), authors, rtol=0, atol=1e-4)  # µV; float32 rounding of ~100 µV is ~1e-5
+    assert y.item() == 1
+    ours = build_tuab_cache(tmp_path, tmp_path / 'butterworth', 'train', progress=False, **official)
+    assert np.abs(TuabWindows(ours, window_s=10.0)[0][0].numpy() - authors).max() > 1.0  # the other path differs
+    with pytest.raises(ValueError, match='other settings'):  # a cache is never reused across filter paths
+        build_tuab_cache(tmp_path, tmp_path / 'fir', 'train', progress=False, **official)
