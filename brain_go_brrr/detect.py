@@ -20,8 +20,9 @@ from .model import build_detector
 from .normalization import NormStats
 from .params import TrainParams
 from .post import POST_DEFAULTS, file_events, probs_to_events, write_csv_bi
-from .seizure_transformer import (RELEASED_POST, RELEASED_PROFILE, PreprocessingProfile,
-                                               load_seizure_transformer, read_released_state_dict, released_config,
+from .seizure_transformer import (RELEASED_POST, RELEASED_PROFILE, RELEASED_SWEEP_POST,
+                                               PreprocessingProfile, load_seizure_transformer,
+                                               read_released_state_dict, released_config, released_events,
                                                released_probabilities)
 from .signal import EegReader, PreprocessedEeg
 from .tusz import RECORDING_SUFFIXES, mask_events
@@ -29,13 +30,13 @@ from .tusz import RECORDING_SUFFIXES, mask_events
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
-__all__ = ['log', 'STEP', 'EVAL_METRICS', 'DETECTOR_KEYS', 'TSV_COLUMNS', 'MNE_SUFFIXES', 'PRECISIONS', 'resolve_device',
-           'clipping', 'window_of', 'window_starts_covering', 'predict_recording', 'predict_cache', 'reference_events',
-           'sens_at_fa', 'dev_metrics', 'LoadedDetector', 'load_detector', 'load_released_detector',
-           'load_trained_detector', 'post_at', 'default_post', 'operating_point', 'write_szcore_tsv',
-           'profile_probabilities', 'Detection', 'recording_start', 'detect_recording', 'plot_overview', 'plot_page',
-           'review_pages', 'write_figures', 'recordings_to_detect', 'autocast_for', 'format_summary', 'detect_files',
-           'detect_cli']
+__all__ = ['log', 'STEP', 'EVAL_METRICS', 'DETECTOR_KEYS', 'PUBLISHED_POINT', 'TSV_COLUMNS', 'MNE_SUFFIXES', 'PRECISIONS',
+           'resolve_device', 'clipping', 'window_of', 'window_starts_covering', 'predict_recording', 'predict_cache',
+           'reference_events', 'sens_at_fa', 'dev_metrics', 'LoadedDetector', 'load_detector', 'load_released_detector',
+           'load_trained_detector', 'post_at', 'default_post', 'operating_point', 'published_point', 'write_szcore_tsv',
+           'profile_probabilities', 'released_prediction', 'Detection', 'recording_start', 'detect_recording',
+           'plot_overview', 'plot_page', 'review_pages', 'write_figures', 'recordings_to_detect', 'autocast_for',
+           'format_summary', 'detect_files', 'detect_cli']
 
 # %% ../nbs/api/09a_detect.ipynb #08c1defa
 STEP = 16
@@ -179,19 +180,23 @@ def post_at(threshold: float, post: dict = POST_DEFAULTS) -> dict:
 
 # %% ../nbs/api/09a_detect.ipynb #00ef5a20
 def default_post(det: LoadedDetector) -> dict:
-    "The post-processing a detector's events are made with: the authors' for released weights, else `POST_DEFAULTS`."
-    return POST_DEFAULTS if det.profile is None else RELEASED_POST
+    "The threshold sweep's post-processing, on every `STEP`-th probability (released: the authors' approximated)."
+    return POST_DEFAULTS if det.profile is None else RELEASED_SWEEP_POST
 
 # %% ../nbs/api/09a_detect.ipynb #4af4c35e
+PUBLISHED_POINT = ("published: the authors' threshold 0.8 and post-processing on every sample at 256 Hz "
+                   "(Wu et al. 2025, arXiv:2504.00336)")
+
 def operating_point(det: LoadedDetector, fa_per_24h: float = 10, threshold: float | None = None,
                     scorer: str = 'ovlp') -> dict:
     "The threshold and post-processing to detect with: the one chosen on dev for `fa_per_24h`, or `threshold`."
-    post = default_post(det)
+    if det.profile is not None:  # released weights: the authors' post-processing, at 256 Hz
+        if threshold is None:
+            return dict(source=PUBLISHED_POINT, threshold=RELEASED_POST['threshold'], post=RELEASED_POST)
+        return dict(source='threshold given by hand', threshold=threshold,
+                    post={**RELEASED_POST, 'threshold': threshold})
     if threshold is not None:
-        return dict(source='threshold given by hand', threshold=threshold, post=post_at(threshold, post))
-    if det.profile is not None:
-        return dict(source="the authors' threshold and post-processing (released weights)",
-                    threshold=post['threshold_on'], post=post)
+        return dict(source='threshold given by hand', threshold=threshold, post=post_at(threshold, default_post(det)))
     key, points = f'{fa_per_24h:g}', det.operating_points
     if not points:
         raise CheckpointError(f'{det.path}: no dev operating point is stored with it (no dev evaluation before it '
@@ -205,6 +210,18 @@ def operating_point(det: LoadedDetector, fa_per_24h: float = 10, threshold: floa
                          'choose a higher --operating-point or give a threshold')
     return dict(source=f'chosen on dev for {key} FA/24h ({scorer.upper()})', threshold=v['threshold'],
                 dev_sensitivity=v['sensitivity'], dev_fa_per_24h=v['fa_per_24h'], post=post_at(v['threshold']))
+
+# %% ../nbs/api/09a_detect.ipynb #f543a48b
+def published_point(hyp_events: dict, ref_events: dict, durations: dict, scorers=scoring.POINT_SCORERS) -> dict:
+    "Each scorer's figures of released weights' events at `PUBLISHED_POINT`, as one dev operating point holds them."
+    if missing := [t for t in ref_events if t not in hyp_events]:
+        raise ValueError(f'no events for {len(missing)} recordings (first: {missing[0]}); pass [] for a recording '
+                         'where the authors\' post-processing found none')
+    refs = scoring._reference_timelines(ref_events, ref_events, durations)
+    hyps = {t: scoring.Annotation([(a, b, scoring.SEIZ) for a, b, _ in file_events(hyp_events[t], durations[t])],
+                                  durations[t], t) for t in ref_events}
+    figures = scoring.score_timelines(((refs[t], scoring.nedc_timeline(hyps[t])) for t in ref_events), scorers)
+    return {name: {'threshold': RELEASED_POST['threshold'], **v} for name, v in figures.items()}
 
 # %% ../nbs/api/09a_detect.ipynb #db6f80c4
 TSV_COLUMNS = ('onset', 'duration', 'eventType', 'confidence', 'channels', 'dateTime', 'recordingDuration')
@@ -220,10 +237,17 @@ def write_szcore_tsv(path, events, duration_s: float, start: datetime | None = N
     return path
 
 # %% ../nbs/api/09a_detect.ipynb #d1e2f3a4
-def profile_probabilities(det: LoadedDetector, reader: EegReader, batch_size: int = 8) -> np.ndarray:
-    "Probability every `STEP` samples of a whole recording through released weights' own preprocessing profile."
+def profile_probabilities(det: LoadedDetector, reader: EegReader, batch_size: int = 8, step: int = STEP) -> np.ndarray:
+    "Probability every `step` samples of a whole recording through released weights' own preprocessing profile."
     return released_probabilities(det.model, reader.read(), reader.sfreq, reader.channels, det.profile,
-                                  batch_size)[::STEP]
+                                  batch_size)[::step]
+
+# %% ../nbs/api/09a_detect.ipynb #87a9c95f
+def released_prediction(det: LoadedDetector, reader: EegReader, post: dict = RELEASED_POST,
+                        batch_size: int = 8) -> tuple[np.ndarray, list]:
+    "Probabilities every `STEP` samples, and the events the authors' post-processing `post` makes of every sample's."
+    probs = profile_probabilities(det, reader, batch_size, step=1)
+    return probs[::STEP], released_events(probs, det.profile.sfreq, **post)
 
 # %% ../nbs/api/09a_detect.ipynb #c5770f47
 @dataclass
@@ -252,14 +276,15 @@ def detect_recording(det: LoadedDetector, path, point: dict, device='cpu', batch
     p = det.params
     reader = EegReader(path, p.montage, unit)
     signal = PreprocessedEeg(reader, p.sfreq)  # the filters the training caches were built with; the figures show it
+    rate = p.sfreq / STEP
     if det.profile is None:
         probs = predict_recording(det.model, signal, round(p.window_s * p.sfreq), det.transform, device, batch_size,
                                   autocast)
-    else: probs = profile_probabilities(det, reader, batch_size)
+        events = probs_to_events(probs, rate, **point['post'])
+    else: probs, events = released_prediction(det, reader, point['post'], batch_size)  # events from every sample
     reader.check_not_flat()  # only known once every sample was read
-    duration, rate = reader.n_samples / reader.sfreq, p.sfreq / STEP
-    events = file_events(probs_to_events(probs, rate, **point['post']), duration)
-    return Detection(Path(path), events, probs, rate, duration, recording_start(reader)), signal
+    duration = reader.n_samples / reader.sfreq
+    return Detection(Path(path), file_events(events, duration), probs, rate, duration, recording_start(reader)), signal
 
 # %% ../nbs/api/09a_detect.ipynb #8eb0bebc
 def plot_overview(d: Detection, threshold: float, ax=None):

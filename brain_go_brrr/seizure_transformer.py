@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy import signal as sps
+from scipy import ndimage, signal as sps
 from torch import nn
 from .checkpoints import CheckpointError, state_dict_in, unpickler_refusal
 from .eegpt import n_params
@@ -21,11 +21,11 @@ from .signal import canonical_channel
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
-__all__ = ['log', 'SIZES', 'TEMPLATE_PREFIX', 'RELEASED_CHANNELS', 'RELEASED_PROFILE', 'RELEASED_POST',
+__all__ = ['log', 'SIZES', 'TEMPLATE_PREFIX', 'RELEASED_CHANNELS', 'RELEASED_PROFILE', 'RELEASED_POST', 'RELEASED_SWEEP_POST',
            'SeizureTransformerConfig', 'same_padding', 'Encoder', 'ResCNNBlock', 'ResCNNStack', 'PositionalEncoding',
            'Decoder', 'SeizureTransformer', 'released_layout', 'save_released_layout', 'read_released_state_dict',
            'released_config', 'implied_config', 'load_seizure_transformer', 'PreprocessingProfile',
-           'released_probabilities']
+           'released_probabilities', 'mask_runs', 'released_mask', 'released_events']
 
 # %% ../nbs/api/07d_seizure_transformer.ipynb #ed920131
 class SeizureTransformerConfig(BaseModel):
@@ -319,9 +319,6 @@ class PreprocessingProfile:
 
 # %% ../nbs/api/07d_seizure_transformer.ipynb #a8cadbf4
 RELEASED_PROFILE = PreprocessingProfile()
-# the authors' post-processing in `post.probs_to_events` terms: > 0.8, no smoothing or hysteresis, events of 2 s
-# or more; their 5-sample opening and closing at 256 Hz are shorter than one probability step (16 samples)
-RELEASED_POST = dict(smooth_s=0.0, threshold_on=0.8, threshold_off=0.8, min_duration_s=2.0, merge_gap_s=5 / 256)
 
 # %% ../nbs/api/07d_seizure_transformer.ipynb #461f478e
 @torch.no_grad()
@@ -333,3 +330,40 @@ def released_probabilities(model: SeizureTransformer, data: np.ndarray, sfreq: f
     windows = torch.from_numpy(profile.windows(rec))
     probs = [torch.sigmoid(model.eval()(w.to(device))).cpu() for w in windows.split(batch_size)]
     return torch.cat(probs).flatten()[:rec.shape[1]].numpy()
+
+# %% ../nbs/api/07d_seizure_transformer.ipynb #055c3344
+RELEASED_POST = dict(threshold=0.8, kernel=5, min_duration_s=2.0)  # Wu et al. 2025's predict(), at 256 Hz
+
+# %% ../nbs/api/07d_seizure_transformer.ipynb #1cb6d0ba
+def mask_runs(mask) -> tuple[np.ndarray, np.ndarray]:
+    "Start and stop (exclusive) sample of every run of True in a 1-D mask."
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], np.asarray(mask, np.int8), [0]))))
+    return edges[::2], edges[1::2]
+
+# %% ../nbs/api/07d_seizure_transformer.ipynb #2546c538
+def released_mask(probs, sfreq: float = 256.0, threshold: float = 0.8, kernel: int = 5,
+                  min_duration_s: float = 2.0) -> np.ndarray:
+    "The authors' seizure mask: `probs > threshold`, opened then closed with `kernel` ones, runs under the minimum cut."
+    p = np.asarray(probs)
+    if p.ndim != 1: raise ValueError(f'probabilities must be 1-D (one value per sample), got shape {p.shape}')
+    if not np.isfinite(p).all():
+        raise ValueError(f'{np.count_nonzero(~np.isfinite(p))} non-finite probabilities (first at sample '
+                         f'{np.flatnonzero(~np.isfinite(p))[0]}); fix the model output before post-processing')
+    structure = np.ones(kernel, bool)
+    on = ndimage.binary_closing(ndimage.binary_opening(p > threshold, structure), structure)
+    for a, b in zip(*mask_runs(on)):
+        if b - a < int(min_duration_s * sfreq): on[a:b] = False
+    return on
+
+# %% ../nbs/api/07d_seizure_transformer.ipynb #64f75555
+def released_events(probs, sfreq: float = 256.0, threshold: float = 0.8, kernel: int = 5,
+                    min_duration_s: float = 2.0) -> list[tuple[float, float, float]]:
+    "Events `(start_s, stop_s, peak)` of the authors' mask of every sample's probability at `sfreq`."
+    p = np.asarray(probs)
+    starts, stops = mask_runs(released_mask(p, sfreq, threshold, kernel, min_duration_s))
+    if not len(starts): return []
+    peaks = np.maximum.reduceat(np.append(p, 0), np.ravel([starts, stops], 'F'))[::2]
+    return [(a / sfreq, b / sfreq, float(v)) for a, b, v in zip(starts.tolist(), stops.tolist(), peaks)]
+
+# %% ../nbs/api/07d_seizure_transformer.ipynb #d2d34635
+RELEASED_SWEEP_POST = dict(smooth_s=0.0, threshold_on=0.8, threshold_off=0.8, min_duration_s=2.0, merge_gap_s=0.0)

@@ -6,10 +6,13 @@ import pytest
 import torch
 
 import brain_go_brrr.train as T
-from brain_go_brrr.detect import load_detector, operating_point
+from brain_go_brrr.detect import PUBLISHED_POINT, STEP, load_detector, operating_point, profile_probabilities
 from brain_go_brrr.params import ParamsError, load_params
-from brain_go_brrr.seizure_transformer import (RELEASED_POST, RELEASED_PROFILE, SIZES, SeizureTransformer,
-                                               SeizureTransformerConfig, save_released_layout)
+from brain_go_brrr.scoring import read_csv_bi
+from brain_go_brrr.seizure_transformer import (RELEASED_POST, RELEASED_PROFILE, RELEASED_SWEEP_POST, SIZES,
+                                               SeizureTransformer, SeizureTransformerConfig, released_events,
+                                               save_released_layout)
+from brain_go_brrr.signal import EegReader
 from conftest import tiny
 
 ROOT = Path(__file__).parent.parent
@@ -71,9 +74,24 @@ def test_released_weights_detect_with_the_authors_profile_and_operating_point(re
     r = cli('detect', '--checkpoint', released, edf, '--out', tmp_path / 'out', '--no-figures')
     assert r.returncode == 0, r.stderr
     point = json.loads((tmp_path / 'out' / 'operating_point.json').read_text())
-    assert point['threshold'] == 0.8 and point['source'].startswith("the authors'")
+    assert point['threshold'] == 0.8 and point['source'] == PUBLISHED_POINT and point['post'] == RELEASED_POST
     probs = np.load(tmp_path / 'out' / f'{edf.stem}.probs.npy')
     assert probs.shape == (-(-90 * 256 // 16),) and ((0 <= probs) & (probs <= 1)).all()
+
+
+def test_released_events_are_made_from_every_sample_before_decimation(released, tmp_path, write_edf):
+    "Below every probability the event is the authors' whole recording but 2 samples at each end (their closing)."
+    det = load_detector(released)
+    edf = write_edf(tmp_path / 'in', 'dev', 'aaaaaaaa', sfreq=250.0, seconds=90)
+    every = profile_probabilities(det, EegReader(edf, det.params.montage), step=1)
+    threshold = 0.99 * float(every.min())  # every sample above it
+    r = cli('detect', '--checkpoint', released, edf, '--out', tmp_path / 'out', '--no-figures', '--threshold', threshold)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.load(tmp_path / 'out' / f'{edf.stem}.probs.npy'), every[::STEP])
+    expected = released_events(every, 256.0, **{**RELEASED_POST, 'threshold': threshold})
+    assert [(round(a, 4), round(b, 4)) for a, b, _ in expected] == [(round(2 / 256, 4), round((90 * 256 - 2) / 256, 4))]
+    written = read_csv_bi(tmp_path / 'out' / f'{edf.stem}.csv_bi').events
+    assert [(a, b) for a, b, label in written if label == 'seiz'] == [(round(a, 4), round(b, 4)) for a, b, _ in expected]
 
 
 def test_evaluate_scores_released_weights_from_the_edf(released, corpus, tmp_path):
@@ -84,4 +102,4 @@ def test_evaluate_scores_released_weights_from_the_edf(released, corpus, tmp_pat
                         progress_bar=False)
     result = json.loads((tmp_path / 'evaluate_released' / 'eval_metrics.json').read_text())
     assert result['recordings']['processed'] == result['recordings']['scored'] > 0
-    assert 0 <= result['sample_auroc'] <= 1 and result['post']['smooth_s'] == RELEASED_POST['smooth_s']
+    assert 0 <= result['sample_auroc'] <= 1 and result['post']['smooth_s'] == RELEASED_SWEEP_POST['smooth_s']

@@ -4,7 +4,20 @@ released preprocessing, and round trips of files written here.
 The expected values in tests/data/seizure_transformer_fixture.pt were computed outside this repository by the
 authors' own modules (time_step_level/model.py of github.com/keruiwu/SeizureTransformer, whose SeizureTransformer
 with its default sizes is the released wu_2025 architecture, and the windowing and filters of wu_2025/utils.py),
-given the weights of `known_weights` and the inputs stored in the fixture or made by `synthetic_recording`."""
+given the weights of `known_weights` and the inputs stored in the fixture or made by `synthetic_recording`.
+
+The events in tests/data/seizure_transformer_post.npz are the authors' post-processing, run outside this repository by
+a script kept out of it: `predict` of wu_2025/src/wu_2025/utils.py (github.com/keruiwu/SeizureTransformer, commit
+803dcfb9db66fce57ab49deaa9a40a4a2804b3da, the package of their SzCORE submission), given `torch.nn.Identity()` as the
+model and a one-batch loader holding each float32 trace, so its `> 0.8`, opening, closing and 2-s minimum ran on the
+trace; the mask was written as their main.py writes it, `epilepsy2bids` `Annotations.loadMask(mask, 256).getEvents()`
+(epilepsy2bids 0.0.7, scipy 1.17.1, numpy 2.4.6). The 174 traces: for each seed 0-159, `np.random.default_rng(seed)`
+drew (seed % 8 == 7) a logistic random walk of 700-1999 samples, in about half of them the values within 0.02 of 0.8
+set to exactly float32(0.8); (other odd seeds) 1-13 constant segments at 0.05, 0.5, 0.79, float32(0.8), the next
+float32 above it, 0.81, 0.95 or 1.0, of 1-8, 505-521 or 9-299 samples; (even seeds) events of 500-529 or 760-799
+samples above 0.8 with up to three dips of 1-7 samples, spikes of 1-7 samples, some at the trace's ends; then 14
+constant traces, 1, 3, 5, 6, 511, 512 and 513 samples at float32(0.8) and at 0.9. `probs` holds them concatenated
+(`offsets`), each event is a row of `event_trace`, `event_start_s`, `event_stop_s`."""
 import math, pickle
 from pathlib import Path
 import numpy as np
@@ -12,13 +25,14 @@ import pytest
 import torch
 from brain_go_brrr.checkpoints import CheckpointError
 from brain_go_brrr.eegpt import n_params
-from brain_go_brrr.seizure_transformer import (RELEASED_CHANNELS, RELEASED_PROFILE, SIZES, TEMPLATE_PREFIX,
-                                               SeizureTransformer, load_seizure_transformer,
-                                               read_released_state_dict, released_layout, released_probabilities,
-                                               save_released_layout)
+from brain_go_brrr.seizure_transformer import (RELEASED_CHANNELS, RELEASED_POST, RELEASED_PROFILE, SIZES,
+                                               TEMPLATE_PREFIX, SeizureTransformer, load_seizure_transformer,
+                                               read_released_state_dict, released_events, released_layout,
+                                               released_probabilities, save_released_layout)
 from brain_go_brrr.signal import CHANNELS
 
 FIXTURE = Path(__file__).parent / 'data' / 'seizure_transformer_fixture.pt'
+POST_FIXTURE = Path(__file__).parent / 'data' / 'seizure_transformer_post.npz'
 PE = 'position_encoding.pe'  # not in known_weights: each side keeps the table its own code computes
 
 def known_weights(layout) -> dict[str, torch.Tensor]:
@@ -96,6 +110,17 @@ def test_the_released_preprocessing(fixture):
 def test_released_inference_end_to_end(fixture, published):
     probs = released_probabilities(published, in_project_order(synthetic_recording()), 250.0, CHANNELS)
     np.testing.assert_allclose(probs, fixture['preprocessing']['probs'].numpy(), rtol=1e-4, atol=1e-5)
+
+def test_released_events_are_the_authors_on_random_traces():
+    f = np.load(POST_FIXTURE)
+    traces = np.split(f['probs'], f['offsets'][1:-1])
+    assert len(traces) == 174 and all(t.dtype == np.float32 for t in traces)
+    ours = [[(a, b) for a, b, _ in released_events(t, 256.0, **RELEASED_POST)] for t in traces]
+    theirs = [[] for _ in traces]
+    for k, a, b in zip(f['event_trace'].tolist(), f['event_start_s'].tolist(), f['event_stop_s'].tolist()):
+        theirs[k].append((a, b))
+    assert ours == theirs
+    assert sum(map(len, theirs)) == 124 and sum(1 for t in traces if (t == np.float32(0.8)).any()) > 20
 
 def train_a_little(seed=0) -> SeizureTransformer:
     torch.manual_seed(seed)
