@@ -175,9 +175,9 @@ def wide_reference(**t):
 @needs_triton
 @pytest.mark.parametrize('L', LENGTHS)
 def test_triton_scan_equals_the_reference_formula(L, small_blocks):
-    """float32 against the formula in float64: two lanes, two channel blocks (four programs) up to 97 steps; beyond,
+    """float32 against the formula in float64: two lanes, two channel blocks (four programs) up to 33 steps; beyond,
     one program, which the interpreter's speed asks for (a program's loop is the same code at every length)."""
-    shape = dict(batch=2, d=5) if L <= 97 else dict(batch=1, d=4)
+    shape = dict(batch=2, d=5) if L <= CHUNK + 1 else dict(batch=1, d=4)
     worst = differences(triton_scan, wide_reference, scan_inputs(L, **shape, dtype=torch.float32))
     assert max(worst.values()) < 2e-5, worst
 
