@@ -1,11 +1,12 @@
 """Every recording of a split counted (a refused one with an empty hypothesis), seizure types from the per-channel
-.csv of a synthetic corpus, and bootstrap intervals that a seed fixes."""
+.csv of a synthetic corpus, bootstrap intervals that a seed fixes, false alarms on seizure-free recordings, and the
+paired bootstrap of two models on the same subjects."""
 import numpy as np
 import pytest
 
 from brain_go_brrr.cache import build_cache, open_cache
-from brain_go_brrr.metrics import (CI_SCORERS, TYPES, UNTYPED, bootstrap_ci, recording_counts, reference_types,
-                                   split_recordings, type_sensitivity)
+from brain_go_brrr.metrics import (CI_SCORERS, SEIZURE_FREE_FA, TYPES, UNTYPED, bootstrap_ci, paired_bootstrap,
+                                   recording_counts, reference_types, split_recordings, type_sensitivity)
 from brain_go_brrr.scoring import SEIZ, score_pairs
 from brain_go_brrr.synth import synth_tusz
 from brain_go_brrr.tusz import discover, read_annotation
@@ -88,7 +89,56 @@ def test_bootstrap_is_fixed_by_its_seed(corpus):
     assert (a['n_resamples'], a['seed'], a['subjects']) == (300, 7, len(set(subjects)))
     scored = score_pairs(split.pairs(hyps), CI_SCORERS)
     for name in CI_SCORERS:
-        for figure in ('sensitivity', 'fa_per_24h'):
+        for figure in ('sensitivity', 'precision', 'f1', 'fa_per_24h'):
             ci = a[name][figure]
             assert ci['value'] == pytest.approx(scored[name][figure]) and ci['low'] <= ci['value'] <= ci['high']
     assert a['ovlp']['sensitivity']['low'] < a['ovlp']['sensitivity']['high']  # subjects differ: the interval is wide
+
+
+def some_detected(split, p_hit: float, p_false: float, seed: int) -> dict:
+    "Hypotheses that find each seizure with probability `p_hit` and add a 4-s false alarm with probability `p_false`."
+    rng = np.random.default_rng(seed)
+    hyps = {t: [e for e in seizures_of(split, t) if rng.uniform() < p_hit] for t in split.refs}
+    return {t: ([(1.0, 5.0, SEIZ)] if rng.uniform() < p_false else []) + events for t, events in hyps.items()}
+
+
+def test_false_alarms_per_hour_on_seizure_free_recordings(corpus):
+    split = split_recordings(discover(corpus))
+    hyps = some_detected(split, 0.6, 0.5, 0)
+    free = [t for t in split.refs if not seizures_of(split, t)]
+    assert 0 < len(free) < len(split.refs)
+    ci = bootstrap_ci([split.subjects[t] for t in split.refs], recording_counts(split.pairs(hyps)), n_resamples=200)
+    hours = sum(split.refs[t].duration for t in free) / 3600
+    assert ci['seizure_free'] == dict(recordings=len(free), hours=pytest.approx(hours))
+    false_alarms = sum(len(hyps[t]) for t in free)  # on a recording without seizure every event is a false alarm
+    assert false_alarms > 0
+    assert ci['ovlp'][SEIZURE_FREE_FA]['value'] == pytest.approx(false_alarms / hours)
+    assert ci['ovlp'][SEIZURE_FREE_FA]['low'] < ci['ovlp'][SEIZURE_FREE_FA]['high']
+
+
+def test_paired_bootstrap_of_a_model_against_itself_is_exactly_zero(corpus):
+    split = split_recordings(discover(corpus))
+    counts = recording_counts(split.pairs(some_detected(split, 0.6, 0.3, 1)))
+    subjects = [split.subjects[t] for t in split.refs]
+    diff = paired_bootstrap(subjects, counts, counts, n_resamples=300, seed=2)
+    for name in CI_SCORERS:
+        for figure, d in diff[name].items():
+            assert (d['value'], d['low'], d['high']) == (0.0, 0.0, 0.0), (name, figure, d)
+
+
+def test_paired_bootstrap_finds_a_clearly_better_model(corpus):
+    split = split_recordings(discover(corpus))
+    subjects = [split.subjects[t] for t in split.refs]
+    perfect = recording_counts(split.pairs({t: seizures_of(split, t) for t in split.refs}))
+    weaker = recording_counts(split.pairs(some_detected(split, 0.3, 0.5, 3)))
+    diff = paired_bootstrap(subjects, perfect, weaker, n_resamples=500, seed=4)
+    alone = [bootstrap_ci(subjects, c, n_resamples=500, seed=4)['ovlp']['sensitivity'] for c in (perfect, weaker)]
+    sens, fa = diff['ovlp']['sensitivity'], diff['ovlp']['fa_per_24h']
+    assert sens['value'] == pytest.approx(alone[0]['value'] - alone[1]['value'])
+    assert 0 < sens['low'] <= sens['value'] <= sens['high']  # the interval of the difference excludes 0
+    assert fa['high'] < 0  # the perfect model has no false alarm
+    # the same draws for both: the perfect model's sensitivity is 1 in every resample, so the difference's interval is
+    # the weaker model's interval mirrored
+    assert (sens['low'], sens['high']) == pytest.approx((1 - alone[1]['high'], 1 - alone[1]['low']))
+    with pytest.raises(ValueError, match='same'):
+        paired_bootstrap(subjects, perfect, {n: c[:-1] for n, c in weaker.items()})
