@@ -21,7 +21,7 @@ __all__ = ['TYPES', 'UNTYPED', 'AUROC_OVER', 'CI_SCORERS', 'AUROC_BINS', 'SEIZUR
            'split_recordings', 'seizure_types', 'reference_types', 'type_sensitivity', 'recording_aurocs',
            'auroc_distribution', 'calibration', 'plot_reliability', 'recording_counts', 'auroc_histograms',
            'histogram_auroc', 'subject_weights', 'pooled_figures', 'resampled_figures', 'bootstrap_ci',
-           'paired_bootstrap', 'latency_summary', 'summary_figure', 'json_ready']
+           'paired_bootstrap', 'latency_summary', 'seed_spread', 'summary_figure', 'json_ready']
 
 # %% ../nbs/api/10a_metrics.ipynb #00a14006
 @dataclass(frozen=True)
@@ -314,6 +314,16 @@ def latency_summary(latencies: Mapping[str, Sequence], subjects: Mapping[str, st
                         _latency_figures(latency, weights), level)
     return dict(seizures=len(latency), detected=int(np.isfinite(latency).sum()), **figures,
                 n_resamples=n_resamples, seed=seed, level=level, subjects=len(set(subjects.values())))
+
+# %% ../nbs/api/10a_metrics.ipynb #mt-seeds
+def seed_spread(values: Mapping[int, float | None]) -> dict:
+    "Mean, sample standard deviation, extremes over seeds of one figure (`values[seed]`); None or NaN left out, counted."
+    v = np.array([np.nan if x is None else x for x in values.values()], float)
+    ok = v[np.isfinite(v)]
+    stat = lambda f, least=1: float(f(ok)) if len(ok) >= least else None
+    return dict(seeds=len(v), n=len(ok), undefined=len(v) - len(ok), mean=stat(np.mean),
+                std=stat(lambda a: np.std(a, ddof=1), 2), min=stat(np.min), max=stat(np.max),
+                by_seed={int(s): None if x is None or not math.isfinite(x) else float(x) for s, x in values.items()})
 
 # %% ../nbs/api/10a_metrics.ipynb #00a14016
 def _bars_with_intervals(ax, figures: Mapping, cis: Mapping, scorers: list, figure: str):
