@@ -6,7 +6,7 @@ import pytest
 from brain_go_brrr.cache import build_cache, open_cache
 from brain_go_brrr.metrics import (CI_SCORERS, TYPES, UNTYPED, bootstrap_ci, recording_counts, reference_types,
                                    split_recordings, type_sensitivity)
-from brain_go_brrr.scoring import SEIZ, score_pairs
+from brain_go_brrr.scoring import SEIZ, score_pairs, szcore_as
 from brain_go_brrr.synth import synth_tusz
 from brain_go_brrr.tusz import discover, read_annotation
 
@@ -38,7 +38,8 @@ def test_a_refused_eval_recording_is_scored_with_every_seizure_missed(corpus, tm
     processed = score_pairs(split.pairs(perfect, processed_only=True), ['ovlp'])
     missed = len(seizures_of(split, damaged.bname))
     assert every['ovlp']['targets'] == processed['ovlp']['targets'] + missed and every['ovlp']['misses'] == missed
-    assert every['szcore_event']['hits'] == every['szcore_event']['targets'] - missed
+    szcore = every['szcore_event']['cumulated']
+    assert szcore['hits'] == szcore['targets'] - missed
     assert every['ovlp']['total_duration_s'] == pytest.approx(sum(r.duration for r in split.refs.values()))
 
 
@@ -86,7 +87,7 @@ def test_bootstrap_is_fixed_by_its_seed(corpus):
     assert a == bootstrap_ci(subjects, counts, n_resamples=300, seed=7)
     assert a != bootstrap_ci(subjects, counts, n_resamples=300, seed=8)
     assert (a['n_resamples'], a['seed'], a['subjects']) == (300, 7, len(set(subjects)))
-    scored = score_pairs(split.pairs(hyps), CI_SCORERS)
+    scored = szcore_as(score_pairs(split.pairs(hyps), CI_SCORERS), 'cumulated')
     for name in CI_SCORERS:
         for figure in ('sensitivity', 'fa_per_24h'):
             ci = a[name][figure]
