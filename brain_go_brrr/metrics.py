@@ -12,16 +12,17 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .scoring import (EPOCH_S, SCORERS, SECS_PER_DAY, SEIZ, SZCORE_SCORERS, Annotation, labelled_samples,
-                                   nedc_timeline, ovlp_hits, read_csv_bi, szcore_counts, szcore_duration)
+from .scoring import (EPOCH_S, LATENCY_WITHIN_S, SCORERS, SECS_PER_DAY, SEIZ, SZCORE_SCORERS, Annotation,
+                                   labelled_samples, latency_summary, nedc_timeline, ovlp_hits, read_csv_bi,
+                                   szcore_counts, szcore_duration)
 from .tusz import read_annotation
 
 # %% auto #0
-__all__ = ['TYPES', 'UNTYPED', 'AUROC_OVER', 'CI_SCORERS', 'AUROC_BINS', 'SEIZURE_FREE_FA', 'LATENCY_WITHIN_S', 'SplitRecordings',
+__all__ = ['TYPES', 'UNTYPED', 'AUROC_OVER', 'CI_SCORERS', 'AUROC_BINS', 'SEIZURE_FREE_FA', 'LATENCY_FIGURES', 'SplitRecordings',
            'split_recordings', 'seizure_types', 'reference_types', 'type_sensitivity', 'recording_aurocs',
            'auroc_distribution', 'calibration', 'plot_reliability', 'recording_counts', 'auroc_histograms',
            'histogram_auroc', 'subject_weights', 'pooled_figures', 'resampled_figures', 'bootstrap_ci',
-           'paired_bootstrap', 'latency_summary', 'seed_spread', 'summary_figure', 'json_ready']
+           'paired_bootstrap', 'latency_ci', 'seed_spread', 'both_ways', 'summary_figure', 'json_ready']
 
 # %% ../nbs/api/10a_metrics.ipynb #00a14006
 @dataclass(frozen=True)
@@ -239,13 +240,27 @@ def pooled_figures(s: np.ndarray, fa_unit_s: float = 1.0) -> dict[str, np.ndarra
 SEIZURE_FREE_FA = 'seizure_free_fa_per_hour'
 
 
-def resampled_figures(counts: Mapping[str, np.ndarray], weights: np.ndarray, histograms=None) -> dict:
+def _pooled(c: np.ndarray, weights: np.ndarray, unit: float) -> dict:
+    free = weights @ (c * (c[:, :1] == 0))  # only the rows of seizure-free recordings
+    seizure_free = _ratio(free[..., 2] * unit * 3600, free[..., 3])
+    return dict(pooled_figures(weights @ c, unit), **{SEIZURE_FREE_FA: seizure_free})
+
+
+def _per_subject(c: np.ndarray, weights: np.ndarray, subjects: Sequence[str]) -> dict:
+    names, first, inverse = np.unique(np.asarray(subjects), return_index=True, return_inverse=True)
+    per = pooled_figures(np.stack([c[inverse == k].sum(0) for k in range(len(names))]))  # each subject's figures
+    w = weights[:, first]  # a subject's draws: the weight of any one of its recordings
+    return {figure: _ratio(w @ np.nan_to_num(f), w @ np.isfinite(f)) for figure, f in per.items()}
+
+
+def resampled_figures(counts: Mapping[str, np.ndarray], weights: np.ndarray, subjects: Sequence[str],
+                      histograms=None) -> dict:
     "Each figure of `counts` (and `auroc` of `histograms`) under each row of `weights` (resamples, recordings)."
     out = {}
     for name, c in counts.items():
-        unit, free = _FA_UNIT.get(name, 1.0), weights @ (c * (c[:, :1] == 0))  # rows of seizure-free recordings
-        out[name] = dict(pooled_figures(weights @ c, unit),
-                         **{SEIZURE_FREE_FA: _ratio(free[..., 2] * unit * 3600, free[..., 3])})
+        pooled = _pooled(c, weights, _FA_UNIT.get(name, 1.0))
+        out[name] = dict(cumulated=pooled, per_subject=_per_subject(c, weights, subjects)) if name in SZCORE_SCORERS \
+            else pooled
     if histograms is not None:
         pos, neg = histograms
         out['auroc'] = histogram_auroc(weights @ pos, weights @ neg)
@@ -254,11 +269,12 @@ def resampled_figures(counts: Mapping[str, np.ndarray], weights: np.ndarray, his
 # %% ../nbs/api/10a_metrics.ipynb #mt-boot
 def bootstrap_ci(subjects: Sequence[str], counts: Mapping[str, np.ndarray], histograms=None,
                  n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile intervals over resampled subjects: per scorer of `counts` (`recording_counts`), `sensitivity`,
-    `precision`, `f1`, `fa_per_24h` and `seizure_free_fa_per_hour`; with `histograms` (`auroc_histograms`),
-    `auroc`. Rows of both follow `subjects`."""
+    """Percentile intervals over resampled subjects: per scorer of `counts` (`recording_counts`; SzCORE's `cumulated`
+    and `per_subject`), `sensitivity`, `precision`, `f1`, `fa_per_24h` (and `seizure_free_fa_per_hour`, pooled);
+    with `histograms` (`auroc_histograms`), `auroc`. Rows of both follow `subjects`."""
     weights, split = subject_weights(subjects, n_resamples, seed), np.ones((1, len(subjects)))
-    out = _interval(resampled_figures(counts, split, histograms), resampled_figures(counts, weights, histograms), level)
+    figures = lambda w: resampled_figures(counts, w, subjects, histograms)
+    out = _interval(figures(split), figures(weights), level)
     first = next(iter(counts.values()))
     free = first[first[:, 0] == 0]
     return dict(out, seizure_free=dict(recordings=len(free), hours=float(free[:, 3].sum() / 3600)),
@@ -281,49 +297,50 @@ def paired_bootstrap(subjects: Sequence[str], counts: Mapping[str, np.ndarray], 
     if (histograms is None) != (other_histograms is None):
         raise ValueError('AUROC histograms for one model only: pass both or neither')
     weights, split = subject_weights(subjects, n_resamples, seed), np.ones((1, len(subjects)))
-    diff = lambda w: _difference(resampled_figures(counts, w, histograms),
-                                 resampled_figures(other_counts, w, other_histograms))
+    diff = lambda w: _difference(resampled_figures(counts, w, subjects, histograms),
+                                 resampled_figures(other_counts, w, subjects, other_histograms))
     return dict(_interval(diff(split), diff(weights), level), n_resamples=n_resamples, seed=seed, level=level,
                 subjects=len(set(subjects)))
 
 # %% ../nbs/api/10a_metrics.ipynb #mt-latency
-LATENCY_WITHIN_S = (10, 30, 60)
+LATENCY_FIGURES = ('median_s', 'q25_s', 'q75_s', *(f'within_{s:g}s' for s in LATENCY_WITHIN_S))
 
 
-def _latency_figures(latency: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-    detected = np.isfinite(latency)
-    quartiles = np.array([np.percentile(np.repeat(latency[detected], w[detected]), [25, 50, 75])
-                          if w[detected].sum() else np.full(3, np.nan) for w in weights]).T
-    return dict(median_s=quartiles[1], q1_s=quartiles[0], q3_s=quartiles[2], iqr_s=quartiles[2] - quartiles[0],
-                **{f'within_{s:g}_s': _ratio(weights @ (latency <= s), weights.sum(1)) for s in LATENCY_WITHIN_S})
-
-
-def latency_summary(latencies: Mapping[str, Sequence], subjects: Mapping[str, str], n_resamples: int = 1000,
-                    seed: int = 0, level: float = 0.95) -> dict:
-    """Onset latency over the split: `latencies[token]` holds one value per reference seizure (seconds, None or NaN
-    when missed), `subjects` every recording's subject (the bootstrap's order). Median, quartiles and IQR of the
-    detected; the share of all seizures detected within 10, 30 and 60 s; percentile intervals over subjects."""
-    if stray := [t for t in latencies if t not in subjects]:
+def latency_ci(latencies: Sequence[dict], subjects: Mapping[str, str], n_resamples: int = 1000, seed: int = 0,
+               level: float = 0.95) -> dict:
+    """`scoring.latency_summary` of `onset_latencies` rows with percentile intervals over resampled subjects;
+    `subjects` maps every recording of the split to its subject, in the bootstrap's order."""
+    if stray := sorted({r['token'] for r in latencies} - set(subjects)):
         raise ValueError(f'latencies of {stray[0]!r}, which has no subject; pass the subject of every recording')
     tokens = list(subjects)
-    per = [[np.nan if x is None else float(x) for x in latencies.get(t, ())] for t in tokens]
-    latency = np.array([x for xs in per for x in xs], float)
-    row = np.repeat(np.arange(len(tokens)), [len(xs) for xs in per])  # each seizure's recording
-    weights = subject_weights([subjects[t] for t in tokens], n_resamples, seed)[:, row]
-    figures = _interval(_latency_figures(latency, np.ones((1, len(latency)), int)),
-                        _latency_figures(latency, weights), level)
-    return dict(seizures=len(latency), detected=int(np.isfinite(latency).sum()), **figures,
-                n_resamples=n_resamples, seed=seed, level=level, subjects=len(set(subjects.values())))
+    weights = subject_weights([subjects[t] for t in tokens], n_resamples, seed)
+    row_of = np.array([tokens.index(r['token']) for r in latencies], int)
+    summary = latency_summary(latencies)
+    resampled = [latency_summary([r for r, k in zip(latencies, w[row_of]) for _ in range(k)]) for w in weights]
+    as_array = lambda s: np.array([[np.nan if x[f] is None else x[f] for f in LATENCY_FIGURES] for x in s], float)
+    value, draws = as_array([summary]), as_array(resampled)
+    figures = {f: _interval(value[:, k], draws[:, k], level) for k, f in enumerate(LATENCY_FIGURES)}
+    return dict(seizures=summary['seizures'], detected=summary['detected'], **figures, n_resamples=n_resamples,
+                seed=seed, level=level, subjects=len(set(subjects.values())))
 
 # %% ../nbs/api/10a_metrics.ipynb #mt-seeds
 def seed_spread(values: Mapping[int, float | None]) -> dict:
-    "Mean, sample standard deviation, extremes over seeds of one figure (`values[seed]`); None or NaN left out, counted."
+    "Mean, sample standard deviation and extremes over seeds of one figure (`values[seed]`); None, NaN left out."
     v = np.array([np.nan if x is None else x for x in values.values()], float)
     ok = v[np.isfinite(v)]
     stat = lambda f, least=1: float(f(ok)) if len(ok) >= least else None
     return dict(seeds=len(v), n=len(ok), undefined=len(v) - len(ok), mean=stat(np.mean),
                 std=stat(lambda a: np.std(a, ddof=1), 2), min=stat(np.min), max=stat(np.max),
                 by_seed={int(s): None if x is None or not math.isfinite(x) else float(x) for s, x in values.items()})
+
+# %% ../nbs/api/10a_metrics.ipynb #mt-both-ways
+def both_ways(results: Mapping[str, dict]) -> dict:
+    "`results` (`score_pairs`, `bootstrap_ci`), each SzCORE scorer as two: `<name> cumulated`, `<name> per subject`."
+    flat = {}
+    for name, r in results.items():
+        if name not in SZCORE_SCORERS: flat[name] = r
+        else: flat.update({f'{name} cumulated': r['cumulated'], f'{name} per subject': r['per_subject']})
+    return flat
 
 # %% ../nbs/api/10a_metrics.ipynb #00a14016
 def _bars_with_intervals(ax, figures: Mapping, cis: Mapping, scorers: list, figure: str):
@@ -336,7 +353,7 @@ def _bars_with_intervals(ax, figures: Mapping, cis: Mapping, scorers: list, figu
         err = np.array([[s - c['low'], c['high'] - s] if c and c['low'] is not None else [np.nan] * 2
                         for s, c in zip(v, ci)]).T
         ax.bar(x, v, width, yerr=err, capsize=3, label=point)
-    ax.set_xticks(range(len(scorers)), scorers)
+    ax.set_xticks(range(len(scorers)), [n.replace(' ', '\n') for n in scorers])  # SzCORE's way below its name
 
 
 def summary_figure(figures: Mapping[str, Mapping[str, dict]], type_sens: Mapping[str, dict],
@@ -367,22 +384,22 @@ def summary_figure(figures: Mapping[str, Mapping[str, dict]], type_sens: Mapping
         a_auc.set(xlabel='sample AUROC of one recording', ylabel='recordings',
                   title=f'per-recording AUROC\n{len(values)} recordings with both classes{left_out}')
         plot_reliability(cal, a_rel)
-        lat = np.asarray(latencies, float)
-        lat = lat[np.isfinite(lat)]
+        lat = np.array([r['latency_s'] for r in latencies if r['latency_s'] is not None], float)
         if len(lat):
             a_lat.hist(lat, bins=np.linspace(min(lat.min(), 0), max(lat.max(), 60), 25), color='tab:orange', alpha=0.7)
         a_lat.set(xlabel='detection start minus seizure onset (s)', ylabel='seizures',
                   title=f'onset latency of the {len(lat)} detected seizures')
+        if latency and latency['median_s']['value'] is not None:
+            a_lat.axvline(latency['median_s']['value'], color='k', ls='--', lw=1,
+                          label=f'median {latency["median_s"]["value"]:.1f} s')
+            a_lat.legend(loc='upper left')
         if latency:
-            med = latency['median_s']
-            if med['value'] is not None:
-                a_lat.axvline(med['value'], color='k', ls='--', lw=1, label=f'median {med["value"]:.1f} s')
-            share = lambda s: latency[f'within_{s:g}_s']
-            a_lat.text(0.98, 0.97, '\n'.join(f'within {s:g} s: {share(s)["value"]:.0%}' + (
-                f' [{share(s)["low"]:.0%}, {share(s)["high"]:.0%}]' if share(s)['low'] is not None else '')
-                for s in LATENCY_WITHIN_S if share(s)['value'] is not None) + f'\nof {latency["seizures"]} seizures',
-                transform=a_lat.transAxes, ha='right', va='top')
-            if med['value'] is not None: a_lat.legend(loc='upper left')
+            share = lambda s: latency[f'within_{s:g}s']
+            lines = [f'within {s:g} s: {share(s)["value"]:.0%}' + (f' [{share(s)["low"]:.0%}, {share(s)["high"]:.0%}]'
+                                                                    if share(s)['low'] is not None else '')
+                     for s in LATENCY_WITHIN_S if share(s)['value'] is not None]
+            a_lat.text(0.98, 0.97, '\n'.join([*lines, f'of {latency["seizures"]} seizures']), transform=a_lat.transAxes,
+                       ha='right', va='top')
         fig.suptitle(title, fontsize=12)
         fig.tight_layout()
     return fig

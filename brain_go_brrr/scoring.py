@@ -5,7 +5,7 @@
 # %% ../nbs/api/10_scoring.ipynb #532b102d
 from __future__ import annotations
 
-import argparse, json, sys
+import argparse, json, sys, warnings
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -15,16 +15,18 @@ import numpy as np
 from timescoring import annotations as ts_annotations, scoring as ts_scoring
 
 from .post import file_events, probs_to_events_sweep
-from .tusz import AnnotationError, read_annotation, utf8_text
+from .tusz import _BNAME, AnnotationError, read_annotation, utf8_text
 
 # %% auto #0
-__all__ = ['SEIZ', 'BCKG', 'LABELS', 'EPOCH_S', 'SECS_PER_DAY', 'SZCORE_FS', 'SZCORE_EVENT', 'SZCORE_SCORERS', 'SCORERS',
-           'SCORER_SETS', 'FA_TARGETS', 'THRESHOLDS', 'POINT_SCORERS', 'Annotation', 'check_events', 'read_csv_bi',
-           'nedc_timeline', 'Counts', 'nedc_metrics', 'ovlp_hits', 'ovlp_counts', 'taes_counts', 'epoch_times',
-           'epoch_counts', 'dp_align', 'dpalign_counts', 'szcore_annotation', 'szcore_counts', 'szcore_duration',
-           'szcore_metrics', 'szcore_score', 'score_timelines', 'score_pairs', 'pair_by_bname', 'score', 'read_list',
-           'score_lists', 'format_table', 'score_cli', 'threshold_sweep', 'pick_operating_points', 'sens_at_fa',
-           'report_at_points', 'sample_labels', 'labelled_samples', 'sample_auc']
+__all__ = ['SEIZ', 'BCKG', 'LABELS', 'EPOCH_S', 'SECS_PER_DAY', 'SZCORE_FS', 'SZCORE_EVENT', 'SZCORE_SCORERS', 'SZCORE_AVERAGED',
+           'SCORERS', 'SCORER_SETS', 'LATENCY_WITHIN_S', 'FA_TARGETS', 'THRESHOLDS', 'POINT_SCORERS', 'Annotation',
+           'check_events', 'read_csv_bi', 'nedc_timeline', 'Counts', 'nedc_metrics', 'ovlp_hits', 'ovlp_counts',
+           'taes_counts', 'epoch_times', 'epoch_counts', 'dp_align', 'dpalign_counts', 'szcore_annotation',
+           'szcore_counts', 'szcore_duration', 'szcore_metrics', 'subject_of', 'szcore_subject_counts',
+           'szcore_cumulated', 'szcore_per_subject', 'szcore_score', 'score_timelines', 'score_pairs', 'szcore_as',
+           'pair_by_bname', 'score', 'read_list', 'score_lists', 'format_table', 'score_cli', 'onset_latencies',
+           'latency_summary', 'threshold_sweep', 'pick_operating_points', 'sens_at_fa', 'report_at_points',
+           'sample_labels', 'labelled_samples', 'sample_auc']
 
 # %% ../nbs/api/10_scoring.ipynb #547908f1
 SEIZ, BCKG = 'seiz', 'bckg'
@@ -302,14 +304,59 @@ def szcore_metrics(counts: Counts, duration_s: float) -> dict:
                 total_duration_s=duration_s)
 
 # %% ../nbs/api/10_scoring.ipynb #sc-sz-score
-def szcore_score(recordings: Iterable[tuple[list, list, float]], label: str = SEIZ) -> dict:
-    """SzCORE event and sample figures of `(reference events, hypothesis events, duration_s)` per recording:
-    counts and durations summed over recordings, then the figures, as SzCORE's cumulated result."""
-    totals, duration = {name: Counts() for name in SZCORE_SCORERS}, 0.0
-    for ref_events, hyp_events, seconds in recordings:
-        for name, c in szcore_counts(ref_events, hyp_events, seconds, label).items(): totals[name] = totals[name] + c
-        duration += szcore_duration(seconds)
-    return {name: szcore_metrics(totals[name], duration) for name in SZCORE_SCORERS}
+def subject_of(bname: str) -> str:
+    "The subject of a recording: the first part of a TUSZ bname `<subject>_s<session>_t<token>`, else the bname."
+    m = _BNAME.match(bname)
+    return m['subject'] if m else bname
+
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-subject-counts
+def szcore_subject_counts(recordings: Iterable[tuple[list, list, float]], subjects: Sequence[str],
+                          label: str = SEIZ) -> dict[str, tuple[dict, float]]:
+    """`{subject: ({scorer: Counts}, seconds)}`: SzCORE counts and mask seconds of `(reference events, hypothesis
+    events, duration_s)` per recording, summed over each subject's recordings (`subjects`: one per recording)."""
+    recordings, per = list(recordings), {}
+    if len(recordings) != len(subjects):
+        raise ValueError(f'{len(recordings)} recordings but {len(subjects)} subjects; pass one subject a recording')
+    for (ref_events, hyp_events, seconds), subject in zip(recordings, subjects):
+        counts, total = per.get(subject, ({name: Counts() for name in SZCORE_SCORERS}, 0.0))
+        new = szcore_counts(ref_events, hyp_events, seconds, label)
+        per[subject] = ({name: counts[name] + new[name] for name in SZCORE_SCORERS}, total + szcore_duration(seconds))
+    return per
+
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-cumulated
+def szcore_cumulated(subject_counts: Iterable[tuple[dict, float]]) -> dict:
+    "SzCORE's cumulated figures per scorer: counts and seconds of `szcore_subject_counts` values summed, then derived."
+    totals, seconds = {name: Counts() for name in SZCORE_SCORERS}, 0.0
+    for counts, s in subject_counts:
+        totals, seconds = {name: totals[name] + counts[name] for name in SZCORE_SCORERS}, seconds + s
+    return {name: szcore_metrics(totals[name], seconds) for name in SZCORE_SCORERS}
+
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-per-subject
+SZCORE_AVERAGED = ('sensitivity', 'precision', 'f1', 'fa_per_24h')  # the figures SzCORE averages over subjects
+
+
+def szcore_per_subject(subject_counts: Iterable[tuple[dict, float]]) -> dict:
+    """SzCORE's per-subject figures per scorer: mean and `_std` over subjects (`szcore_subject_counts` values) of
+    each subject's sensitivity, precision, F1 and false alarms per 24 h, NaN-skipping as `szcore_evaluation`."""
+    figures = [{name: szcore_metrics(counts[name], seconds) for name in SZCORE_SCORERS}
+               for counts, seconds in subject_counts]
+    out = {}
+    for name in SZCORE_SCORERS:
+        out[name] = {'subjects': len(figures)}
+        for key in SZCORE_AVERAGED:
+            values = np.array([f[name][key] for f in figures], float)
+            with warnings.catch_warnings():  # every subject undefined: NaN, as szcore_evaluation gives
+                warnings.simplefilter('ignore', RuntimeWarning)
+                out[name][key], out[name][f'{key}_std'] = float(np.nanmean(values)), float(np.nanstd(values))
+    return out
+
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-both
+def szcore_score(recordings: Iterable[tuple[list, list, float]], subjects: Sequence[str], label: str = SEIZ) -> dict:
+    """SzCORE event and sample figures of `(reference events, hypothesis events, duration_s)` per recording, both
+    ways: `{scorer: {'per_subject': ..., 'cumulated': ...}}` (`szcore_per_subject`, `szcore_cumulated`)."""
+    counts = szcore_subject_counts(recordings, subjects, label)
+    per_subject, cumulated = szcore_per_subject(counts.values()), szcore_cumulated(counts.values())
+    return {name: {'per_subject': per_subject[name], 'cumulated': cumulated[name]} for name in SZCORE_SCORERS}
 
 # %% ../nbs/api/10_scoring.ipynb #d29a3ce7
 SCORERS = {'dpalign': dpalign_counts, 'epoch': epoch_counts, 'ovlp': ovlp_counts, 'taes': taes_counts}
@@ -335,7 +382,8 @@ def _check_same_end(ref: Annotation, hyp: Annotation):
 # %% ../nbs/api/10_scoring.ipynb #sc-pairs
 def score_pairs(pairs: Iterable[tuple[Annotation, Annotation]], scorers: Sequence[str] = tuple(SCORERS),
                 label: str = SEIZ) -> dict:
-    "Score `(reference, hypothesis)` annotation pairs with each scorer (NEDC's, SzCORE's), counts summed over files."
+    """Score `(reference, hypothesis)` annotation pairs with each scorer: NEDC's counts summed over files, SzCORE's
+    per subject (`subject_of` the bname) and cumulated."""
     if unknown := [name for name in scorers if name not in SCORER_SETS['all']]:
         raise ValueError(f'unknown scorer {unknown[0]!r}; the scorers are {", ".join(SCORER_SETS["all"])}')
     pairs = list(pairs)
@@ -346,8 +394,15 @@ def score_pairs(pairs: Iterable[tuple[Annotation, Annotation]], scorers: Sequenc
     nedc = [name for name in scorers if name in SCORERS]
     results = score_timelines(((nedc_timeline(ref), nedc_timeline(hyp)) for ref, hyp in pairs), nedc, label)
     if set(scorers) & set(SZCORE_SCORERS):
-        results.update(szcore_score(((ref.events, hyp.events, ref.duration) for ref, hyp in pairs), label))
+        results.update(szcore_score(((ref.events, hyp.events, ref.duration) for ref, hyp in pairs),
+                                    [subject_of(ref.bname) for ref, _ in pairs], label))
     return {name: results[name] for name in scorers}
+
+# %% ../nbs/api/10_scoring.ipynb #sc-szcore-as
+def szcore_as(results: Mapping[str, dict], way: str) -> dict:
+    "`results` of `score_pairs` with each SzCORE scorer's `way` figures (`per_subject` or `cumulated`) in its place."
+    if way not in ('per_subject', 'cumulated'): raise ValueError(f'way {way!r}: per_subject or cumulated')
+    return {name: r[way] if name in SZCORE_SCORERS else r for name, r in results.items()}
 
 # %% ../nbs/api/10_scoring.ipynb #sc-bname
 def pair_by_bname(refs: Sequence[Annotation], hyps: Sequence[Annotation]) -> list[tuple[Annotation, Annotation]]:
@@ -394,15 +449,23 @@ def score_lists(ref_list, hyp_list, scorers: Sequence[str] = tuple(SCORERS), lab
 
 # %% ../nbs/api/10_scoring.ipynb #ac1bce02
 def format_table(results: Mapping[str, dict]) -> str:
-    "A readable table of `score` results, one scorer a row."
+    "A readable table of `score` results, one scorer a row, SzCORE's per-subject figures below."
     head = (f'{"scorer":<13} {"targets":>8} {"hits":>9} {"misses":>9} {"FA":>9} {"sens %":>8} {"prec %":>8} '
             f'{"F1":>7} {"FA/24h":>10}')
+    flat = {name: r.get('cumulated', r) for name, r in results.items()}
     rows = [f'{name:<13} {r["targets"]:>8.0f} {r["hits"]:>9.2f} {r["misses"]:>9.2f} {r["false_alarms"]:>9.2f} '
             f'{r["sensitivity"] * 100:>8.2f} {r["precision"] * 100:>8.2f} {r["f1"]:>7.4f} {r["fa_per_24h"]:>10.4f}'
-            for name, r in results.items()]
-    durations = ', '.join(dict.fromkeys(f'{r["total_duration_s"]:.4f} s' for r in results.values()))
-    return '\n'.join([head, *rows, f'label: {SEIZ}; total duration {durations} (SzCORE counts whole seconds per file)'
-                       if set(results) & set(SZCORE_SCORERS) else f'label: {SEIZ}; total duration {durations}'])
+            for name, r in flat.items()]
+    durations = ', '.join(dict.fromkeys(f'{r["total_duration_s"]:.4f} s' for r in flat.values()))
+    if not (szcore := [name for name in results if name in SZCORE_SCORERS]):
+        return '\n'.join([head, *rows, f'label: {SEIZ}; total duration {durations}'])
+    per = {name: results[name]['per_subject'] for name in szcore}
+    subjects = per[szcore[0]]['subjects']
+    averaged = [f'{name:<13} {suffix:>38} {p["sensitivity" + k] * 100:>8.2f} {p["precision" + k] * 100:>8.2f} '
+                f'{p["f1" + k]:>7.4f} {p["fa_per_24h" + k]:>10.4f}'
+                for name, p in per.items() for suffix, k in ((f'mean of {subjects} subjects', ''), ('std', '_std'))]
+    return '\n'.join([head, *rows, f'label: {SEIZ}; total duration {durations} (SzCORE: cumulated, whole seconds per '
+                      'file)', 'SzCORE per subject (the leaderboard\'s figure):', *averaged])
 
 # %% ../nbs/api/10_scoring.ipynb #sc-cli
 def score_cli(argv: list[str] | None = None) -> int:
@@ -426,6 +489,31 @@ def score_cli(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1, sort_keys=True) + '\n')
     return 0
+
+# %% ../nbs/api/10_scoring.ipynb #sc-latency
+def onset_latencies(pairs: Iterable[tuple[Annotation, Annotation]], label: str = SEIZ) -> list[dict]:
+    """One row per reference `label` event of `(reference, hypothesis)` pairs: `token`, `subject`, `onset_s` and
+    `latency_s`, the first overlapping hypothesis start minus the onset (negative: early; None: missed)."""
+    rows = []
+    for ref, hyp in pairs:
+        (rs, re), (hs, he) = _intervals(nedc_timeline(ref), label), _intervals(nedc_timeline(hyp), label)
+        for onset, stop in zip(rs, re):
+            overlapping = hs[(hs < stop) & (he > onset)]  # sorted: the first is the earliest
+            rows.append(dict(token=ref.bname, subject=subject_of(ref.bname), onset_s=float(onset),
+                             latency_s=float(overlapping[0] - onset) if len(overlapping) else None))
+    return rows
+
+# %% ../nbs/api/10_scoring.ipynb #sc-latency-summary
+LATENCY_WITHIN_S = (10, 30, 60)
+
+
+def latency_summary(latencies: Sequence[dict], within_s: Sequence[float] = LATENCY_WITHIN_S) -> dict:
+    """`seizures`, `detected`, `median_s`, `q25_s`, `q75_s` of the detected seizures' `latency_s`, and `within_Xs`:
+    the share of all seizures detected at most X s after onset (`onset_latencies` rows)."""
+    lat = np.array([r['latency_s'] for r in latencies if r['latency_s'] is not None], float)
+    q25, median, q75 = np.percentile(lat, [25, 50, 75]).tolist() if len(lat) else (None, None, None)
+    shares = {f'within_{s:g}s': float((lat <= s).sum() / len(latencies)) if latencies else None for s in within_s}
+    return dict(seizures=len(latencies), detected=len(lat), median_s=median, q25_s=q25, q75_s=q75, **shares)
 
 # %% ../nbs/api/10_scoring.ipynb #8a511a3b
 FA_TARGETS = (10, 5, 1)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from brain_go_brrr.cache import build_cache, open_cache
-from brain_go_brrr.metrics import (CI_SCORERS, SEIZURE_FREE_FA, TYPES, UNTYPED, bootstrap_ci, paired_bootstrap,
-                                   recording_counts, reference_types, split_recordings, type_sensitivity)
+from brain_go_brrr.metrics import (CI_SCORERS, SEIZURE_FREE_FA, TYPES, UNTYPED, both_ways, bootstrap_ci,
+                                   paired_bootstrap, recording_counts, reference_types, split_recordings,
+                                   type_sensitivity)
 from brain_go_brrr.scoring import SEIZ, score_pairs
 from brain_go_brrr.synth import synth_tusz
 from brain_go_brrr.tusz import discover, read_annotation
@@ -39,7 +40,8 @@ def test_a_refused_eval_recording_is_scored_with_every_seizure_missed(corpus, tm
     processed = score_pairs(split.pairs(perfect, processed_only=True), ['ovlp'])
     missed = len(seizures_of(split, damaged.bname))
     assert every['ovlp']['targets'] == processed['ovlp']['targets'] + missed and every['ovlp']['misses'] == missed
-    assert every['szcore_event']['hits'] == every['szcore_event']['targets'] - missed
+    szcore = every['szcore_event']['cumulated']
+    assert szcore['hits'] == szcore['targets'] - missed
     assert every['ovlp']['total_duration_s'] == pytest.approx(sum(r.duration for r in split.refs.values()))
 
 
@@ -87,11 +89,12 @@ def test_bootstrap_is_fixed_by_its_seed(corpus):
     assert a == bootstrap_ci(subjects, counts, n_resamples=300, seed=7)
     assert a != bootstrap_ci(subjects, counts, n_resamples=300, seed=8)
     assert (a['n_resamples'], a['seed'], a['subjects']) == (300, 7, len(set(subjects)))
-    scored = score_pairs(split.pairs(hyps), CI_SCORERS)
-    for name in CI_SCORERS:
+    scored = both_ways(score_pairs(split.pairs(hyps), CI_SCORERS))  # SzCORE's cumulated and per-subject figures
+    assert set(scored) == set(both_ways(a)) - {'auroc', 'seizure_free', 'n_resamples', 'seed', 'level', 'subjects'}
+    for name, figures in scored.items():
         for figure in ('sensitivity', 'precision', 'f1', 'fa_per_24h'):
-            ci = a[name][figure]
-            assert ci['value'] == pytest.approx(scored[name][figure]) and ci['low'] <= ci['value'] <= ci['high']
+            ci = both_ways(a)[name][figure]
+            assert ci['value'] == pytest.approx(figures[figure]) and ci['low'] <= ci['value'] <= ci['high'], name
     assert a['ovlp']['sensitivity']['low'] < a['ovlp']['sensitivity']['high']  # subjects differ: the interval is wide
 
 
@@ -120,8 +123,10 @@ def test_paired_bootstrap_of_a_model_against_itself_is_exactly_zero(corpus):
     split = split_recordings(discover(corpus))
     counts = recording_counts(split.pairs(some_detected(split, 0.6, 0.3, 1)))
     subjects = [split.subjects[t] for t in split.refs]
-    diff = paired_bootstrap(subjects, counts, counts, n_resamples=300, seed=2)
-    for name in CI_SCORERS:
+    diff = both_ways(paired_bootstrap(subjects, counts, counts, n_resamples=300, seed=2))
+    scorers = [n for n in diff if n not in ('n_resamples', 'seed', 'level', 'subjects')]
+    assert len(scorers) == len(CI_SCORERS) + 2  # SzCORE's two both ways
+    for name in scorers:
         for figure, d in diff[name].items():
             assert (d['value'], d['low'], d['high']) == (0.0, 0.0, 0.0), (name, figure, d)
 
@@ -134,6 +139,7 @@ def test_paired_bootstrap_finds_a_clearly_better_model(corpus):
     diff = paired_bootstrap(subjects, perfect, weaker, n_resamples=500, seed=4)
     alone = [bootstrap_ci(subjects, c, n_resamples=500, seed=4)['ovlp']['sensitivity'] for c in (perfect, weaker)]
     sens, fa = diff['ovlp']['sensitivity'], diff['ovlp']['fa_per_24h']
+    assert diff['szcore_event']['per_subject']['f1']['low'] > 0  # the leaderboard's figure too
     assert sens['value'] == pytest.approx(alone[0]['value'] - alone[1]['value'])
     assert 0 < sens['low'] <= sens['value'] <= sens['high']  # the interval of the difference excludes 0
     assert fa['high'] < 0  # the perfect model has no false alarm
