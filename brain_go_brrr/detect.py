@@ -34,8 +34,8 @@ __all__ = ['log', 'STEP', 'EVAL_METRICS', 'DETECTOR_KEYS', 'TSV_COLUMNS', 'MNE_S
            'sens_at_fa', 'dev_metrics', 'LoadedDetector', 'load_detector', 'load_released_detector',
            'load_trained_detector', 'post_at', 'default_post', 'operating_point', 'write_szcore_tsv',
            'profile_probabilities', 'Detection', 'recording_start', 'detect_recording', 'plot_overview', 'plot_page',
-           'review_pages', 'write_figures', 'recordings_to_detect', 'autocast_for', 'format_summary', 'detect_files',
-           'detect_cli']
+           'review_pages', 'write_figures', 'recordings_to_detect', 'autocast_for', 'format_summary',
+           'reference_latencies', 'detect_files', 'detect_cli']
 
 # %% ../nbs/api/09a_detect.ipynb #08c1defa
 STEP = 16
@@ -368,6 +368,15 @@ def format_summary(rows: list[dict]) -> str:
         else: lines.append(f'{r["recording"]:<{width}}  {"":>6}  {"":>6}  {"":>9}  {"":>5}  FAILED: {r["status"]}')
     return '\n'.join(lines)
 
+# %% ../nbs/api/09a_detect.ipynb #dt-latency
+def reference_latencies(d: Detection) -> list | None:
+    "Onset latency of each seizure of the `.csv_bi` beside the recording (TUSZ's layout); None where there is none."
+    path = d.path.with_suffix('.csv_bi')
+    if not path.exists(): return None
+    ref = scoring.read_csv_bi(path)
+    hyp = [(a, min(b, ref.duration), scoring.SEIZ) for a, b, _ in d.events if a < ref.duration]
+    return [r['latency_s'] for r in scoring.onset_latencies([(ref, scoring.Annotation(hyp, ref.duration, ref.bname))])]
+
 # %% ../nbs/api/09a_detect.ipynb #8b2578d3
 def detect_files(det: LoadedDetector, paths, out_dir, point: dict, device='cpu', batch_size: int = 8,
                  precision: str = 'fp32', unit: str | None = None, figures: bool = True,
@@ -389,6 +398,7 @@ def detect_files(det: LoadedDetector, paths, out_dir, point: dict, device='cpu',
             if figures: write_figures(d, signal, signal.reader.channels, point['threshold'], stem)
             rows.append(dict(recording=str(rel), status='ok', hours=d.duration_s / 3600, events=len(d.events),
                              seizure_s=d.seizure_s, max_prob=float(d.probs.max())))
+            if (latencies := reference_latencies(d)) is not None: rows[-1]['onset_latency_s'] = latencies
         except Exception as e:  # one unusable file is reported, the others go on
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             rows.append(dict(recording=str(rel), status=why if str(path) in why else f'{path}: {why}'))

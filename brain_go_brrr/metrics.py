@@ -353,7 +353,7 @@ def _bars_with_intervals(ax, figures: Mapping, cis: Mapping, scorers: list, figu
         err = np.array([[s - c['low'], c['high'] - s] if c and c['low'] is not None else [np.nan] * 2
                         for s, c in zip(v, ci)]).T
         ax.bar(x, v, width, yerr=err, capsize=3, label=point)
-    ax.set_xticks(range(len(scorers)), [n.replace(' ', '\n') for n in scorers])  # SzCORE's way below its name
+    ax.set_xticks(range(len(scorers)), [n.replace('_', '\n', 1).replace(' ', '\n', 1) for n in scorers])  # narrow
 
 
 def summary_figure(figures: Mapping[str, Mapping[str, dict]], type_sens: Mapping[str, dict],
@@ -362,11 +362,11 @@ def summary_figure(figures: Mapping[str, Mapping[str, dict]], type_sens: Mapping
     "One page: sensitivity and FA/24h per scorer and point, per type, per-recording AUROC, reliability, latency."
     import matplotlib.pyplot as plt
     with plt.rc_context({'font.size': 10, 'axes.titlesize': 11, 'legend.fontsize': 9}):
-        fig, ((a_sens, a_fa, a_types), (a_auc, a_rel, a_lat)) = plt.subplots(2, 3, figsize=(16, 9.5))
+        fig, ((a_sens, a_fa), (a_types, a_auc), (a_rel, a_lat)) = plt.subplots(3, 2, figsize=(14, 14))
         scorers = list(dict.fromkeys(name for per in figures.values() for name in per))
         _bars_with_intervals(a_sens, figures, cis, scorers, 'sensitivity')
         a_sens.set(ylim=(0, 1.35), ylabel='sensitivity', title='sensitivity per scorer (95% interval over subjects)')
-        a_sens.legend(loc='upper left')
+        a_sens.legend(loc='upper left', ncols=2)
         _bars_with_intervals(a_fa, figures, cis, scorers, 'fa_per_24h')
         a_fa.set(yscale='symlog', ylabel='false alarms per 24 h', title='false alarms per 24 h per scorer')
         kinds = [k for k, v in type_sens.items() if v['n']]

@@ -156,3 +156,11 @@ def test_detect_gives_the_events_evaluate_gives(checkpoint, corpus, tmp_path):
     detected = {f.stem: read_csv_bi(f).events for f in (tmp_path / 'out').rglob('*.csv_bi')}
     assert evaluated and detected == evaluated
     assert any(detected.values()), 'some dev recording has an event at threshold 0.5'
+    # a reference beside each EDF (TUSZ's layout): detections.json holds each seizure's onset latency
+    from brain_go_brrr.scoring import Annotation, onset_latencies
+    rows = {Path(r['recording']).name: r for r in json.loads((tmp_path / 'out' / 'detections.json').read_text())}
+    for ref_path in (Path(corpus['data_dir']) / 'edf' / 'dev').rglob('*.csv_bi'):
+        ref = read_csv_bi(ref_path)
+        expected = onset_latencies([(ref, Annotation(evaluated[ref.bname], ref.duration, ref.bname))])
+        assert rows[ref.bname]['onset_latency_s'] == [r['latency_s'] for r in expected], ref.bname
+    assert any(r['onset_latency_s'] for r in rows.values()), 'some dev recording has a seizure'
