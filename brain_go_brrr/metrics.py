@@ -222,10 +222,10 @@ def _interval(value, resampled, level: float) -> dict:
 def bootstrap_ci(subjects: Sequence[str], counts: Mapping[str, np.ndarray], histograms=None,
                  n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Percentile intervals over resampled subjects: per scorer of `counts` (`recording_counts`), `sensitivity` and
-    `fa_per_24h`; with `histograms` (`auroc_histograms`), `auroc`. Rows of both follow `subjects`."""
+    `seiz_fa_per_24h`; with `histograms` (`auroc_histograms`), `auroc`. Rows of both follow `subjects`."""
     weights = subject_weights(subjects, n_resamples, seed)
     figures = dict(sensitivity=lambda s: _ratio(s[..., 1], s[..., 0]),
-                   fa_per_24h=lambda s: _ratio(s[..., 2] * SECS_PER_DAY, s[..., 3]))
+                   seiz_fa_per_24h=lambda s: _ratio(s[..., 2] * SECS_PER_DAY, s[..., 3]))
     out = {name: {fig: _interval(f(c.sum(0)), f(weights @ c), level) for fig, f in figures.items()}
            for name, c in counts.items()}
     if histograms is not None:
@@ -250,10 +250,11 @@ def summary_figure(figures: Mapping[str, Mapping[str, dict]], type_sens: Mapping
                         for s, c in zip(sens, ci)]).T
         a_pts.bar(x, sens, width, yerr=err, capsize=2, label=point)
         for xi, n in zip(x, scorers):
-            if n in per and per[n]['fa_per_24h'] is not None:
-                a_pts.text(xi, 1.01, f'{per[n]["fa_per_24h"]:.1f}', ha='center', va='bottom', fontsize=6, rotation=90)
+            if n in per and per[n]['seiz_fa_per_24h'] is not None:
+                a_pts.text(xi, 1.01, f'{per[n]["seiz_fa_per_24h"]:.1f}', ha='center', va='bottom', fontsize=6,
+                           rotation=90)
     a_pts.set(xticks=range(len(scorers)), ylim=(0, 1.25), ylabel='sensitivity',
-              title='scorers side by side (FA/24h above each bar)')
+              title='scorers side by side (seiz FA/24h above each bar)')
     a_pts.set_xticklabels(scorers, rotation=20, fontsize=8)
     a_pts.legend(fontsize=7, loc='upper right')
     kinds = [k for k, v in type_sens.items() if v['n']]

@@ -89,7 +89,7 @@ def test_bootstrap_is_fixed_by_its_seed(corpus):
     assert (a['n_resamples'], a['seed'], a['subjects']) == (300, 7, len(set(subjects)))
     scored = szcore_as(score_pairs(split.pairs(hyps), CI_SCORERS), 'cumulated')
     for name in CI_SCORERS:
-        for figure in ('sensitivity', 'fa_per_24h'):
+        for figure in ('sensitivity', 'seiz_fa_per_24h'):
             ci = a[name][figure]
             assert ci['value'] == pytest.approx(scored[name][figure]) and ci['low'] <= ci['value'] <= ci['high']
     assert a['ovlp']['sensitivity']['low'] < a['ovlp']['sensitivity']['high']  # subjects differ: the interval is wide
