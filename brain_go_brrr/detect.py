@@ -183,16 +183,16 @@ def default_post(det: LoadedDetector) -> dict:
     return POST_DEFAULTS if det.profile is None else RELEASED_POST
 
 # %% ../nbs/api/09a_detect.ipynb #4af4c35e
-def operating_point(det: LoadedDetector, fa_per_24h: float = 10, threshold: float | None = None,
+def operating_point(det: LoadedDetector, fa_target: float = 10, threshold: float | None = None,
                     scorer: str = 'ovlp') -> dict:
-    "The threshold and post-processing to detect with: the one chosen on dev for `fa_per_24h`, or `threshold`."
+    "The threshold and post-processing to detect with: the one chosen on dev for `fa_target` FA/24h, or `threshold`."
     post = default_post(det)
     if threshold is not None:
         return dict(source='threshold given by hand', threshold=threshold, post=post_at(threshold, post))
     if det.profile is not None:
         return dict(source="the authors' threshold and post-processing (released weights)",
                     threshold=post['threshold_on'], post=post)
-    key, points = f'{fa_per_24h:g}', det.operating_points
+    key, points = f'{fa_target:g}', det.operating_points
     if not points:
         raise CheckpointError(f'{det.path}: no dev operating point is stored with it (no dev evaluation before it '
                               'was saved); give a threshold (--threshold 0.8)')
@@ -200,11 +200,15 @@ def operating_point(det: LoadedDetector, fa_per_24h: float = 10, threshold: floa
         raise ValueError(f'{det.path}: operating points were chosen on dev for {", ".join(points)} FA/24h, '
                          f'not {key}; choose one of those or give a threshold')
     v = points[key][scorer]
+    if 'seiz_fa_per_24h' not in v:
+        raise CheckpointError(f'{det.path}: its dev operating points were stored by an older brain_go_brrr (an '
+                              'unlabelled fa_per_24h); give a threshold (--threshold) or train it again')
     if v['threshold'] is None:
         raise ValueError(f'{det.path}: on dev no threshold kept {scorer.upper()} false alarms under {key} per 24 h; '
                          'choose a higher --operating-point or give a threshold')
     return dict(source=f'chosen on dev for {key} FA/24h ({scorer.upper()})', threshold=v['threshold'],
-                dev_sensitivity=v['sensitivity'], dev_fa_per_24h=v['fa_per_24h'], post=post_at(v['threshold']))
+                dev_sensitivity=v['sensitivity'], dev_seiz_fa_per_24h=v['seiz_fa_per_24h'],
+                post=post_at(v['threshold']))
 
 # %% ../nbs/api/09a_detect.ipynb #db6f80c4
 TSV_COLUMNS = ('onset', 'duration', 'eventType', 'confidence', 'channels', 'dateTime', 'recordingDuration')

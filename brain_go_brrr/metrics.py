@@ -234,7 +234,7 @@ def pooled_figures(s: np.ndarray, fa_unit_s: float = 1.0) -> dict[str, np.ndarra
     "Sensitivity, precision, F1 and FA/24h of summed counts (last axis: targets, hits, false alarms, seconds)."
     targets, hits, fa, seconds = np.moveaxis(np.asarray(s, float), -1, 0)
     return dict(sensitivity=_ratio(hits, targets), precision=_ratio(hits, hits + fa),
-                f1=_ratio(2 * hits, hits + targets + fa), fa_per_24h=_ratio(fa * fa_unit_s * SECS_PER_DAY, seconds))
+                f1=_ratio(2 * hits, hits + targets + fa), seiz_fa_per_24h=_ratio(fa * fa_unit_s * SECS_PER_DAY, seconds))
 
 # %% ../nbs/api/10a_metrics.ipynb #mt-resampled
 SEIZURE_FREE_FA = 'seizure_free_fa_per_hour'
@@ -270,7 +270,7 @@ def resampled_figures(counts: Mapping[str, np.ndarray], weights: np.ndarray, sub
 def bootstrap_ci(subjects: Sequence[str], counts: Mapping[str, np.ndarray], histograms=None,
                  n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Percentile intervals over resampled subjects: per scorer of `counts` (`recording_counts`; SzCORE's `cumulated`
-    and `per_subject`), `sensitivity`, `precision`, `f1`, `fa_per_24h` (and `seizure_free_fa_per_hour`, pooled);
+    and `per_subject`), `sensitivity`, `precision`, `f1`, `seiz_fa_per_24h` (and `seizure_free_fa_per_hour`, pooled);
     with `histograms` (`auroc_histograms`), `auroc`. Rows of both follow `subjects`."""
     weights, split = subject_weights(subjects, n_resamples, seed), np.ones((1, len(subjects)))
     figures = lambda w: resampled_figures(counts, w, subjects, histograms)
@@ -367,8 +367,8 @@ def summary_figure(figures: Mapping[str, Mapping[str, dict]], type_sens: Mapping
         _bars_with_intervals(a_sens, figures, cis, scorers, 'sensitivity')
         a_sens.set(ylim=(0, 1.35), ylabel='sensitivity', title='sensitivity per scorer (95% interval over subjects)')
         a_sens.legend(loc='upper left', ncols=2)
-        _bars_with_intervals(a_fa, figures, cis, scorers, 'fa_per_24h')
-        a_fa.set(yscale='symlog', ylabel='false alarms per 24 h', title='false alarms per 24 h per scorer')
+        _bars_with_intervals(a_fa, figures, cis, scorers, 'seiz_fa_per_24h')
+        a_fa.set(yscale='symlog', ylabel='seiz false alarms per 24 h', title='seiz false alarms per 24 h per scorer')
         kinds = [k for k, v in type_sens.items() if v['n']]
         a_types.bar(kinds, [type_sens[k]['sensitivity'] for k in kinds], color='tab:purple', alpha=0.7)
         for k in kinds:

@@ -23,10 +23,10 @@ __all__ = ['SEIZ', 'BCKG', 'LABELS', 'EPOCH_S', 'SECS_PER_DAY', 'SZCORE_FS', 'SZ
            'check_events', 'read_csv_bi', 'nedc_timeline', 'Counts', 'nedc_metrics', 'ovlp_hits', 'ovlp_counts',
            'taes_counts', 'epoch_times', 'epoch_counts', 'dp_align', 'dpalign_counts', 'szcore_annotation',
            'szcore_counts', 'szcore_duration', 'szcore_metrics', 'subject_of', 'szcore_subject_counts',
-           'szcore_cumulated', 'szcore_per_subject', 'szcore_score', 'score_timelines', 'score_pairs', 'szcore_as',
-           'pair_by_bname', 'score', 'read_list', 'score_lists', 'format_table', 'score_cli', 'onset_latencies',
-           'latency_summary', 'threshold_sweep', 'pick_operating_points', 'sens_at_fa', 'report_at_points',
-           'sample_labels', 'labelled_samples', 'sample_auc']
+           'szcore_cumulated', 'szcore_per_subject', 'szcore_score', 'total_false_alarms', 'score_timelines',
+           'score_pairs', 'szcore_as', 'pair_by_bname', 'score', 'read_list', 'score_lists', 'format_table',
+           'score_cli', 'onset_latencies', 'latency_summary', 'threshold_sweep', 'pick_operating_points', 'sens_at_fa',
+           'report_at_points', 'sample_labels', 'labelled_samples', 'sample_auc']
 
 # %% ../nbs/api/10_scoring.ipynb #547908f1
 SEIZ, BCKG = 'seiz', 'bckg'
@@ -110,15 +110,18 @@ class Counts:
         return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 # %% ../nbs/api/10_scoring.ipynb #sc-metrics
-def nedc_metrics(counts: Counts, duration_s: float, fa_unit_s: float | None = None) -> dict:
-    "NEDC's sensitivity, precision, F1 and false alarms per 24 h (`fa_unit_s`: seconds per false alarm, epoch)."
+def nedc_metrics(counts: Counts, total_false_alarms: float, duration_s: float, fa_unit_s: float | None = None) -> dict:
+    """NEDC's sensitivity, precision, F1 and false alarms per 24 h of the label (`seiz_fa_per_24h`) and of both labels
+    (`total_fa_per_24h`, from `total_false_alarms`); `fa_unit_s`: seconds per false alarm (epoch)."""
     tp, fn, fp = counts.hits, counts.misses, counts.false_alarms
     sens = float(tp) / float(tp + fn) if tp + fn != 0 else 0.0
     prec = float(tp) / float(tp + fp) if tp + fp != 0 else 0.0
     f1 = 2.0 * prec * sens / (prec + sens) if round(prec + sens, 10) != 0 else 0.0
-    fa = float(fp) * (fa_unit_s or 1) / duration_s * SECS_PER_DAY if round(duration_s, 10) != 0 else 0.0
+    per_24h = lambda n: float(n) * (fa_unit_s or 1) / duration_s * SECS_PER_DAY if round(duration_s, 10) != 0 else 0.0
     return dict(targets=float(counts.targets), hits=float(tp), misses=float(fn), false_alarms=float(fp),
-                sensitivity=sens, precision=prec, f1=f1, fa_per_24h=fa, total_duration_s=duration_s)
+                sensitivity=sens, precision=prec, f1=f1, seiz_fa_per_24h=per_24h(fp),
+                total_false_alarms=float(total_false_alarms), total_fa_per_24h=per_24h(total_false_alarms),
+                total_duration_s=duration_s)
 
 # %% ../nbs/api/10_scoring.ipynb #57a7e466
 def _intervals(timeline, label):
@@ -300,7 +303,7 @@ def szcore_metrics(counts: Counts, duration_s: float) -> dict:
     pooled.computeScores()
     return dict(targets=float(counts.targets), hits=float(counts.hits), misses=float(counts.misses),
                 false_alarms=float(counts.false_alarms), sensitivity=float(pooled.sensitivity),
-                precision=float(pooled.precision), f1=float(pooled.f1), fa_per_24h=float(pooled.fpRate),
+                precision=float(pooled.precision), f1=float(pooled.f1), seiz_fa_per_24h=float(pooled.fpRate),
                 total_duration_s=duration_s)
 
 # %% ../nbs/api/10_scoring.ipynb #sc-sz-score
@@ -332,7 +335,7 @@ def szcore_cumulated(subject_counts: Iterable[tuple[dict, float]]) -> dict:
     return {name: szcore_metrics(totals[name], seconds) for name in SZCORE_SCORERS}
 
 # %% ../nbs/api/10_scoring.ipynb #sc-sz-per-subject
-SZCORE_AVERAGED = ('sensitivity', 'precision', 'f1', 'fa_per_24h')  # the figures SzCORE averages over subjects
+SZCORE_AVERAGED = ('sensitivity', 'precision', 'f1', 'seiz_fa_per_24h')  # the figures SzCORE averages over subjects
 
 
 def szcore_per_subject(subject_counts: Iterable[tuple[dict, float]]) -> dict:
@@ -362,15 +365,26 @@ def szcore_score(recordings: Iterable[tuple[list, list, float]], subjects: Seque
 SCORERS = {'dpalign': dpalign_counts, 'epoch': epoch_counts, 'ovlp': ovlp_counts, 'taes': taes_counts}
 SCORER_SETS = {'nedc': tuple(SCORERS), 'szcore': SZCORE_SCORERS, 'all': (*SCORERS, *SZCORE_SCORERS)}
 
+# %% ../nbs/api/10_scoring.ipynb #sc-total-fa
+def total_false_alarms(scorer: str, ref, hyp) -> float:
+    "NEDC's summary false alarms of one pair of timelines: over both labels (epoch: epochs labelled otherwise)."
+    if scorer == 'epoch':
+        t = epoch_times(ref[-1][1])
+        return int((_labels_at(ref, t) != _labels_at(hyp, t)).sum())
+    return sum(SCORERS[scorer](ref, hyp, label).false_alarms for label in LABELS)
+
 # %% ../nbs/api/10_scoring.ipynb #sc-timelines
 def score_timelines(pairs: Iterable[tuple[list, list]], scorers: Sequence[str] = tuple(SCORERS),
                     label: str = SEIZ) -> dict:
     "Score `(reference, hypothesis)` timelines with each scorer, counts summed over files as NEDC does."
-    totals, duration = {name: Counts() for name in scorers}, 0.0
+    totals, every_label, duration = {name: Counts() for name in scorers}, dict.fromkeys(scorers, 0), 0.0
     for ref_tl, hyp_tl in pairs:
         duration += ref_tl[-1][1]
-        for name in scorers: totals[name] = totals[name] + SCORERS[name](ref_tl, hyp_tl, label)
-    return {name: nedc_metrics(totals[name], duration, EPOCH_S if name == 'epoch' else None) for name in scorers}
+        for name in scorers:
+            totals[name] = totals[name] + SCORERS[name](ref_tl, hyp_tl, label)
+            every_label[name] += total_false_alarms(name, ref_tl, hyp_tl)
+    return {name: nedc_metrics(totals[name], every_label[name], duration, EPOCH_S if name == 'epoch' else None)
+            for name in scorers}
 
 # %% ../nbs/api/10_scoring.ipynb #sc-same-end
 def _check_same_end(ref: Annotation, hyp: Annotation):
@@ -451,21 +465,23 @@ def score_lists(ref_list, hyp_list, scorers: Sequence[str] = tuple(SCORERS), lab
 def format_table(results: Mapping[str, dict]) -> str:
     "A readable table of `score` results, one scorer a row, SzCORE's per-subject figures below."
     head = (f'{"scorer":<13} {"targets":>8} {"hits":>9} {"misses":>9} {"FA":>9} {"sens %":>8} {"prec %":>8} '
-            f'{"F1":>7} {"FA/24h":>10}')
+            f'{"F1":>7} {"FA/24h":>10} {"total FA/24h":>12}')
     flat = {name: r.get('cumulated', r) for name, r in results.items()}
     rows = [f'{name:<13} {r["targets"]:>8.0f} {r["hits"]:>9.2f} {r["misses"]:>9.2f} {r["false_alarms"]:>9.2f} '
-            f'{r["sensitivity"] * 100:>8.2f} {r["precision"] * 100:>8.2f} {r["f1"]:>7.4f} {r["fa_per_24h"]:>10.4f}'
+            f'{r["sensitivity"] * 100:>8.2f} {r["precision"] * 100:>8.2f} {r["f1"]:>7.4f} {r["seiz_fa_per_24h"]:>10.4f}'
+            + (f' {r["total_fa_per_24h"]:>12.4f}' if 'total_fa_per_24h' in r else '')  # SzCORE has no total
             for name, r in flat.items()]
     durations = ', '.join(dict.fromkeys(f'{r["total_duration_s"]:.4f} s' for r in flat.values()))
-    if not (szcore := [name for name in results if name in SZCORE_SCORERS]):
-        return '\n'.join([head, *rows, f'label: {SEIZ}; total duration {durations}'])
+    notes = [f'label: {SEIZ}; total duration {durations}; FA/24h: {SEIZ} false alarms (NEDC\'s LABEL: SEIZ block), '
+             f'total FA/24h: {SEIZ} and {BCKG} (its SUMMARY block)']
+    if not (szcore := [name for name in results if name in SZCORE_SCORERS]): return '\n'.join([head, *rows, *notes])
     per = {name: results[name]['per_subject'] for name in szcore}
     subjects = per[szcore[0]]['subjects']
     averaged = [f'{name:<13} {suffix:>38} {p["sensitivity" + k] * 100:>8.2f} {p["precision" + k] * 100:>8.2f} '
-                f'{p["f1" + k]:>7.4f} {p["fa_per_24h" + k]:>10.4f}'
+                f'{p["f1" + k]:>7.4f} {p["seiz_fa_per_24h" + k]:>10.4f}'
                 for name, p in per.items() for suffix, k in ((f'mean of {subjects} subjects', ''), ('std', '_std'))]
-    return '\n'.join([head, *rows, f'label: {SEIZ}; total duration {durations} (SzCORE: cumulated, whole seconds per '
-                      'file)', 'SzCORE per subject (the leaderboard\'s figure):', *averaged])
+    return '\n'.join([head, *rows, *notes, 'SzCORE rows: cumulated, whole seconds per file; per subject (the '
+                      'leaderboard\'s figure):', *averaged])
 
 # %% ../nbs/api/10_scoring.ipynb #sc-cli
 def score_cli(argv: list[str] | None = None) -> int:
@@ -555,9 +571,9 @@ def pick_operating_points(sweep: Sequence[dict], fa_targets: Sequence[float] = F
     for target in fa_targets:
         points[f'{target:g}'] = {}
         for name in scorers:
-            within = [row for row in sweep if row[name]['fa_per_24h'] <= target]
+            within = [row for row in sweep if row[name]['seiz_fa_per_24h'] <= target]
             best = max(within, key=lambda row: (row[name]['sensitivity'], row['threshold']), default=None)
-            points[f'{target:g}'][name] = ({'threshold': None, 'sensitivity': 0.0, 'fa_per_24h': None} if best is None
+            points[f'{target:g}'][name] = ({'threshold': None, 'sensitivity': 0.0, 'seiz_fa_per_24h': None} if best is None
                                           else {'threshold': best['threshold'], **best[name]})
     return points
 
