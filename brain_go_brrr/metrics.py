@@ -234,7 +234,8 @@ def pooled_figures(s: np.ndarray, fa_unit_s: float = 1.0) -> dict[str, np.ndarra
     "Sensitivity, precision, F1 and FA/24h of summed counts (last axis: targets, hits, false alarms, seconds)."
     targets, hits, fa, seconds = np.moveaxis(np.asarray(s, float), -1, 0)
     return dict(sensitivity=_ratio(hits, targets), precision=_ratio(hits, hits + fa),
-                f1=_ratio(2 * hits, hits + targets + fa), seiz_fa_per_24h=_ratio(fa * fa_unit_s * SECS_PER_DAY, seconds))
+                f1=_ratio(2 * hits, hits + targets + fa),
+                seiz_fa_per_24h=_ratio(fa * fa_unit_s * SECS_PER_DAY, seconds))
 
 # %% ../nbs/api/10a_metrics.ipynb #mt-resampled
 SEIZURE_FREE_FA = 'seizure_free_fa_per_hour'
