@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from brain_go_brrr.cache import build_cache, open_cache
-from brain_go_brrr.metrics import (CI_SCORERS, SEIZURE_FREE_FA, TYPES, UNTYPED, both_ways, bootstrap_ci,
-                                   paired_bootstrap, recording_counts, reference_types, split_recordings,
-                                   type_sensitivity)
-from brain_go_brrr.scoring import SEIZ, score_pairs
+from brain_go_brrr.metrics import (CI_SCORERS, LATENCY_FIGURES, SEIZURE_FREE_FA, TYPES, UNTYPED, both_ways,
+                                   bootstrap_ci, latency_ci, paired_bootstrap, recording_counts, reference_types,
+                                   split_recordings, type_sensitivity)
+from brain_go_brrr.scoring import SEIZ, latency_summary, onset_latencies, score_pairs
 from brain_go_brrr.synth import synth_tusz
 from brain_go_brrr.tusz import discover, read_annotation
 
@@ -148,3 +148,22 @@ def test_paired_bootstrap_finds_a_clearly_better_model(corpus):
     assert (sens['low'], sens['high']) == pytest.approx((1 - alone[1]['high'], 1 - alone[1]['low']))
     with pytest.raises(ValueError, match='same'):
         paired_bootstrap(subjects, perfect, {n: c[:-1] for n, c in weaker.items()})
+
+
+def test_latency_intervals_hold_the_split_s_summary_and_resample_whole_subjects(corpus):
+    split = split_recordings(discover(corpus))
+    rng = np.random.default_rng(5)  # each seizure found with a delay of -5 to 40 s, or missed
+    hyps = {t: [(min(a + rng.uniform(-5, 40), b - 0.5), b, SEIZ) for a, b, _ in seizures_of(split, t)
+                if rng.uniform() < 0.8] for t in split.refs}
+    rows = onset_latencies(split.pairs(hyps))
+    ci = latency_ci(rows, split.subjects, n_resamples=300, seed=1)
+    summary = latency_summary(rows)
+    assert (ci['seizures'], ci['detected']) == (summary['seizures'], summary['detected']) and 0 < ci['detected']
+    for figure in LATENCY_FIGURES:
+        assert ci[figure]['value'] == pytest.approx(summary[figure])
+        assert ci[figure]['low'] <= ci[figure]['value'] <= ci[figure]['high'], figure
+    # one subject's seizures alone: every resample holds only them, so the interval collapses onto the value
+    one = next(s for s in split.subjects.values() if any(r['subject'] == s and r['latency_s'] for r in rows))
+    mine = [r for r in rows if r['subject'] == one]
+    alone = latency_ci(mine, {t: s for t, s in split.subjects.items() if s == one}, n_resamples=50)
+    assert alone['median_s']['low'] == alone['median_s']['value'] == alone['median_s']['high']
