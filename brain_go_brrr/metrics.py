@@ -244,7 +244,8 @@ def summary_figure(figures: Mapping[str, Mapping[str, dict]], type_sens: Mapping
     width = 0.8 / max(len(figures), 1)
     for k, (point, per) in enumerate(figures.items()):
         x = np.arange(len(scorers)) + (k - (len(figures) - 1) / 2) * width
-        sens = [per[n]['sensitivity'] if n in per else np.nan for n in scorers]
+        sens = [per[n]['sensitivity'] if n in per and per[n]['sensitivity'] is not None else np.nan  # None: not reached
+                for n in scorers]
         ci = [((cis or {}).get(point, {}).get(n) or {}).get('sensitivity') for n in scorers]
         err = np.array([[s - c['low'], c['high'] - s] if c and c['low'] is not None else [0, 0]
                         for s, c in zip(sens, ci)]).T
