@@ -101,7 +101,7 @@ def reference_events(cache) -> tuple[dict, dict]:
 
 # %% ../nbs/api/09a_detect.ipynb #d90d0285
 def sens_at_fa(cache, probs: dict) -> tuple[dict, dict]:
-    "OVLP sensitivity at 10, 5 and 1 FA/24h with thresholds chosen on these recordings, and the operating points."
+    "OVLP sensitivity at 10, 5 and 1 FA/24h (None: not reached) with thresholds chosen here, and the operating points."
     events, durations = reference_events(cache)
     points = scoring.sens_at_fa(probs, events, durations, cache.config['sfreq'] / STEP)
     return {k: v['ovlp']['sensitivity'] for k, v in points.items()}, points
@@ -200,12 +200,13 @@ def operating_point(det: LoadedDetector, fa_target: float = 10, threshold: float
         raise ValueError(f'{det.path}: operating points were chosen on dev for {", ".join(points)} FA/24h, '
                          f'not {key}; choose one of those or give a threshold')
     v = points[key][scorer]
-    if 'seiz_fa_per_24h' not in v:
-        raise CheckpointError(f'{det.path}: its dev operating points were stored by an older brain_go_brrr (an '
-                              'unlabelled fa_per_24h); give a threshold (--threshold) or train it again')
-    if v['threshold'] is None:
-        raise ValueError(f'{det.path}: on dev no threshold kept {scorer.upper()} false alarms under {key} per 24 h; '
-                         'choose a higher --operating-point or give a threshold')
+    if 'reached' not in v:
+        raise CheckpointError(f'{det.path}: its dev operating points were stored by an older brain_go_brrr, chosen '
+                              'without the limit on flagged time (a threshold that flags whole recordings could be '
+                              'among them); give a threshold (--threshold) or train it again')
+    if not v['reached']:
+        raise ValueError(f'{det.path}: {key} {scorer.upper()} FA/24h was not reached on dev (no threshold within it '
+                         'flagged less than the flag limit); choose a higher --operating-point or give a threshold')
     return dict(source=f'chosen on dev for {key} FA/24h ({scorer.upper()})', threshold=v['threshold'],
                 dev_sensitivity=v['sensitivity'], dev_seiz_fa_per_24h=v['seiz_fa_per_24h'],
                 post=post_at(v['threshold']))

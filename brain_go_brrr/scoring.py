@@ -19,14 +19,15 @@ from .tusz import _BNAME, AnnotationError, read_annotation, utf8_text
 
 # %% auto #0
 __all__ = ['SEIZ', 'BCKG', 'LABELS', 'EPOCH_S', 'SECS_PER_DAY', 'SZCORE_FS', 'SZCORE_EVENT', 'SZCORE_SCORERS', 'SZCORE_AVERAGED',
-           'SCORERS', 'SCORER_SETS', 'LATENCY_WITHIN_S', 'FA_TARGETS', 'THRESHOLDS', 'POINT_SCORERS', 'Annotation',
-           'check_events', 'read_csv_bi', 'nedc_timeline', 'Counts', 'nedc_metrics', 'ovlp_hits', 'ovlp_counts',
-           'taes_counts', 'epoch_times', 'epoch_counts', 'dp_align', 'dpalign_counts', 'szcore_annotation',
-           'szcore_counts', 'szcore_duration', 'szcore_metrics', 'subject_of', 'szcore_subject_counts',
-           'szcore_cumulated', 'szcore_per_subject', 'szcore_score', 'total_false_alarms', 'score_timelines',
-           'score_pairs', 'szcore_as', 'pair_by_bname', 'score', 'read_list', 'score_lists', 'format_table',
-           'score_cli', 'onset_latencies', 'latency_summary', 'threshold_sweep', 'pick_operating_points', 'sens_at_fa',
-           'report_at_points', 'sample_labels', 'labelled_samples', 'sample_auc']
+           'SCORERS', 'SCORER_SETS', 'LATENCY_WITHIN_S', 'FA_TARGETS', 'THRESHOLDS', 'POINT_SCORERS', 'FLAG_LIMIT',
+           'Annotation', 'check_events', 'read_csv_bi', 'nedc_timeline', 'Counts', 'nedc_metrics', 'ovlp_hits',
+           'ovlp_counts', 'taes_counts', 'epoch_times', 'epoch_counts', 'dp_align', 'dpalign_counts',
+           'szcore_annotation', 'szcore_counts', 'szcore_duration', 'szcore_metrics', 'subject_of',
+           'szcore_subject_counts', 'szcore_cumulated', 'szcore_per_subject', 'szcore_score', 'total_false_alarms',
+           'score_timelines', 'score_pairs', 'szcore_as', 'pair_by_bname', 'score', 'read_list', 'score_lists',
+           'format_table', 'score_cli', 'onset_latencies', 'latency_summary', 'threshold_sweep', 'flag_limit_s',
+           'point_at', 'pick_operating_points', 'sens_at_fa', 'report_at_points', 'sample_labels', 'labelled_samples',
+           'sample_auc']
 
 # %% ../nbs/api/10_scoring.ipynb #547908f1
 SEIZ, BCKG = 'seiz', 'bckg'
@@ -533,8 +534,9 @@ def latency_summary(latencies: Sequence[dict], within_s: Sequence[float] = LATEN
 
 # %% ../nbs/api/10_scoring.ipynb #8a511a3b
 FA_TARGETS = (10, 5, 1)
-THRESHOLDS = tuple((np.arange(1, 100) / 100).tolist())
+THRESHOLDS = tuple((np.arange(1, 100) / 100).tolist()) + (0.995, 0.999, 0.9995, 0.9999)
 POINT_SCORERS = ('ovlp', 'taes')
+FLAG_LIMIT = dict(seizure_factor=2.0, fa_event_s=60.0)  # flag at most 2 x the seizure time + 60 s per allowed FA
 
 # %% ../nbs/api/10_scoring.ipynb #sc-ref-tl
 def _reference_timelines(tokens, ref_events, durations) -> dict:
@@ -546,55 +548,80 @@ def _reference_timelines(tokens, ref_events, durations) -> dict:
                                                      [f'{t}: event {k}' for k in range(len(ref_events[t]))]),
                                         float(durations[t]), t)) for t in tokens}
 
+# %% ../nbs/api/10_scoring.ipynb #sc-seiz-seconds
+def _seiz_seconds(timeline) -> float: return sum(b - a for a, b, label in timeline if label == SEIZ)
+
 # %% ../nbs/api/10_scoring.ipynb #sc-sweep
 def threshold_sweep(probs_by_token: Mapping[str, np.ndarray], ref_events: Mapping[str, list],
                     durations: Mapping[str, float], sfreq: float, post_params: Mapping | None = None,
                     thresholds: Sequence[float] = THRESHOLDS, scorers: Sequence[str] = POINT_SCORERS) -> list[dict]:
-    "Rows `{'threshold': t, scorer: figures, ...}`: the post-processed hypotheses scored at each threshold."
+    """Rows `{'threshold': t, scorer: figures, ..., 'epoch': figures, 'flagged_s', 'seizure_s', 'duration_s'}`: the
+    post-processed hypotheses scored at each threshold, and the time they flag."""
     refs, swept = _reference_timelines(probs_by_token, ref_events, durations), {}
     for token, probs in probs_by_token.items():
         try: swept[token] = probs_to_events_sweep(probs, sfreq, thresholds, post_params or {})
         except ValueError as e: raise ValueError(f'recording {token!r}: {e}') from None
-    def pairs(k):
-        for t, ref_tl in refs.items():
-            hyp = Annotation([(a, b, SEIZ) for a, b, _ in file_events(swept[t][k], ref_tl[-1][1])], ref_tl[-1][1], t)
-            yield ref_tl, nedc_timeline(hyp)
-    return [{'threshold': float(thr), **score_timelines(pairs(k), scorers)} for k, thr in enumerate(thresholds)]
+    seizure_s = float(sum(_seiz_seconds(tl) for tl in refs.values()))
+    duration_s = float(sum(tl[-1][1] for tl in refs.values()))
+    rows = []
+    for k, thr in enumerate(thresholds):
+        hyps = {t: nedc_timeline(Annotation([(a, b, SEIZ) for a, b, _ in file_events(swept[t][k], ref_tl[-1][1])],
+                                            ref_tl[-1][1], t)) for t, ref_tl in refs.items()}
+        scored = score_timelines(((refs[t], hyps[t]) for t in refs), tuple(dict.fromkeys((*scorers, 'epoch'))))
+        flagged_s = float(sum(_seiz_seconds(h) for h in hyps.values()))
+        rows.append({'threshold': float(thr), **scored, 'flagged_s': flagged_s, 'seizure_s': seizure_s,
+                     'duration_s': duration_s})
+    return rows
 
 # %% ../nbs/api/10_scoring.ipynb #sc-pick
+def flag_limit_s(row: Mapping, target: float, flag_limit: Mapping = FLAG_LIMIT) -> float:
+    "The most time a threshold may flag at `target` FA/24h: `seizure_factor` x seizure time + `fa_event_s` per FA."
+    allowed_false_alarms = target * row['duration_s'] / SECS_PER_DAY
+    return float(flag_limit['seizure_factor'] * row['seizure_s'] + allowed_false_alarms * flag_limit['fa_event_s'])
+
+# %% ../nbs/api/10_scoring.ipynb #sc-point-at
+def point_at(row: Mapping, scorer: str) -> dict:
+    "The figures of `scorer` at a sweep row's threshold, the epoch scorer's false alarms per 24 h and the time flagged."
+    return {'threshold': row['threshold'], **row[scorer], 'epoch_seiz_fa_per_24h': row['epoch']['seiz_fa_per_24h'],
+            'flagged_s': row['flagged_s']}
+
+# %% ../nbs/api/10_scoring.ipynb #sc-pick-points
 def pick_operating_points(sweep: Sequence[dict], fa_targets: Sequence[float] = FA_TARGETS,
-                          scorers: Sequence[str] = POINT_SCORERS) -> dict:
-    """Per false-alarm target (keys `"10"`, `"5"`, `"1"`) and scorer: the threshold with the highest sensitivity
-    whose FA/24h is within the target (ties: the higher threshold), with its figures. No threshold within the
-    target: `threshold` None, sensitivity 0."""
+                          scorers: Sequence[str] = POINT_SCORERS, flag_limit: Mapping = FLAG_LIMIT) -> dict:
+    """Per false-alarm target (keys `"10"`, `"5"`, `"1"`) and scorer: the admissible threshold with the highest
+    sensitivity within the target (`point_at`, `reached` True, `flag_limit_s`), or `reached` False."""
     points = {}
     for target in fa_targets:
+        limit = flag_limit_s(sweep[0], target, flag_limit) if sweep else None
         points[f'{target:g}'] = {}
         for name in scorers:
             within = [row for row in sweep if row[name]['seiz_fa_per_24h'] <= target]
-            best = max(within, key=lambda row: (row[name]['sensitivity'], row['threshold']), default=None)
-            points[f'{target:g}'][name] = ({'threshold': None, 'sensitivity': 0.0, 'seiz_fa_per_24h': None} if best is None
-                                          else {'threshold': best['threshold'], **best[name]})
+            admissible = [row for row in within if row['flagged_s'] <= limit]
+            best = max(admissible, key=lambda row: (row[name]['sensitivity'], row['threshold']), default=None)
+            points[f'{target:g}'][name] = (
+                {**point_at(best, name), 'reached': True, 'flag_limit_s': limit} if best is not None else
+                {'threshold': None, 'reached': False, 'sensitivity': None, 'seiz_fa_per_24h': None,
+                 'epoch_seiz_fa_per_24h': None, 'flagged_s': None, 'flag_limit_s': limit,
+                 'refused': len(within) - len(admissible)})
     return points
 
 # %% ../nbs/api/10_scoring.ipynb #sc-sens-at-fa
 def sens_at_fa(probs_by_token, ref_events, durations, sfreq, post_params=None, *,
                fa_targets: Sequence[float] = FA_TARGETS, thresholds: Sequence[float] = THRESHOLDS,
-               scorers: Sequence[str] = POINT_SCORERS) -> dict:
+               scorers: Sequence[str] = POINT_SCORERS, flag_limit: Mapping = FLAG_LIMIT) -> dict:
     "Sensitivity at 10, 5 and 1 FA/24h with the threshold chosen on these (dev) recordings: `dev_sens_at_fa`."
     sweep = threshold_sweep(probs_by_token, ref_events, durations, sfreq, post_params, thresholds, scorers)
-    return pick_operating_points(sweep, fa_targets, scorers)
+    return pick_operating_points(sweep, fa_targets, scorers, flag_limit)
 
 # %% ../nbs/api/10_scoring.ipynb #sc-report
 def report_at_points(points: Mapping[str, dict], probs_by_token, ref_events, durations, sfreq,
                      post_params=None) -> dict:
-    "The figures of other (eval) recordings at the thresholds `points` fixed on dev; same shape as `points`."
+    "The figures of other (eval) recordings at the thresholds `points` fixed on dev (`point_at`); same shape."
     chosen = sorted({p['threshold'] for per in points.values() for p in per.values() if p['threshold'] is not None})
     scorers = sorted({name for per in points.values() for name in per})
     rows = {row['threshold']: row for row in
             threshold_sweep(probs_by_token, ref_events, durations, sfreq, post_params, chosen, scorers)}
-    return {target: {name: dict(p) if p['threshold'] is None
-                     else {'threshold': p['threshold'], **rows[p['threshold']][name]}
+    return {target: {name: dict(p) if p['threshold'] is None else point_at(rows[p['threshold']], name)
                      for name, p in per.items()} for target, per in points.items()}
 
 # %% ../nbs/api/10_scoring.ipynb #7aa5f00f
