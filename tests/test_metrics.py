@@ -1,6 +1,6 @@
 """Every recording of a split counted (a refused one with an empty hypothesis), seizure types from the per-channel
-.csv of a synthetic corpus, bootstrap intervals that a seed fixes, false alarms on seizure-free recordings, and the
-paired bootstrap of two models on the same subjects."""
+.csv of a synthetic corpus, bootstrap intervals that a seed fixes (SzCORE's both ways), false alarms on seizure-free
+recordings, onset-latency intervals, and the paired bootstrap of two models on the same subjects."""
 import numpy as np
 import pytest
 
