@@ -111,9 +111,10 @@ class Counts:
         return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 # %% ../nbs/api/10_scoring.ipynb #sc-metrics
-def nedc_metrics(counts: Counts, total_false_alarms: float, duration_s: float, fa_unit_s: float | None = None) -> dict:
+def nedc_metrics(counts: Counts, total_false_alarms: float | None, duration_s: float,
+                 fa_unit_s: float | None = None) -> dict:
     """NEDC's sensitivity, precision, F1 and false alarms per 24 h of the label (`seiz_fa_per_24h`) and of both labels
-    (`total_fa_per_24h`, from `total_false_alarms`); `fa_unit_s`: seconds per false alarm (epoch)."""
+    (`total_fa_per_24h`, from `total_false_alarms`; None: not counted); `fa_unit_s`: seconds per false alarm (epoch)."""
     tp, fn, fp = counts.hits, counts.misses, counts.false_alarms
     sens = float(tp) / float(tp + fn) if tp + fn != 0 else 0.0
     prec = float(tp) / float(tp + fp) if tp + fp != 0 else 0.0
@@ -121,7 +122,8 @@ def nedc_metrics(counts: Counts, total_false_alarms: float, duration_s: float, f
     per_24h = lambda n: float(n) * (fa_unit_s or 1) / duration_s * SECS_PER_DAY if round(duration_s, 10) != 0 else 0.0
     return dict(targets=float(counts.targets), hits=float(tp), misses=float(fn), false_alarms=float(fp),
                 sensitivity=sens, precision=prec, f1=f1, seiz_fa_per_24h=per_24h(fp),
-                total_false_alarms=float(total_false_alarms), total_fa_per_24h=per_24h(total_false_alarms),
+                total_false_alarms=None if total_false_alarms is None else float(total_false_alarms),
+                total_fa_per_24h=None if total_false_alarms is None else per_24h(total_false_alarms),
                 total_duration_s=duration_s)
 
 # %% ../nbs/api/10_scoring.ipynb #57a7e466
@@ -201,15 +203,23 @@ def taes_counts(ref, hyp, label: str = SEIZ) -> Counts:
     return Counts(len(R), hit, miss + rflags.count(True), fa + hflags.count(True))
 
 # %% ../nbs/api/10_scoring.ipynb #415b1393
-def _labels_at(timeline, t):
-    "The label of the first event containing each time in `t` (NEDC's lookup; none found -> the last event)."
+def _events_at(timeline, t) -> np.ndarray:
+    "The index of the first event containing each time in `t` (NEDC's lookup; none found -> the last event)."
     starts = np.array([s for s, _, _ in timeline])
     stops = np.array([e for _, e, _ in timeline])
     idx = np.searchsorted(stops, t, side='left')
     found = idx < len(stops)
     found[found] = starts[idx[found]] <= t[found]
     idx[~found] = len(timeline) - 1
-    return np.array([lab for _, _, lab in timeline])[idx]
+    return idx
+
+
+def _labels_at(timeline, t): return np.array([lab for _, _, lab in timeline])[_events_at(timeline, t)]
+
+
+def _is_label_at(timeline, t, label, at=None) -> np.ndarray:
+    "Whether the label at each time in `t` is `label` (booleans: string arrays are slow); `at`: `_events_at`, known."
+    return np.array([lab == label for *_, lab in timeline])[_events_at(timeline, t) if at is None else at]
 
 # %% ../nbs/api/10_scoring.ipynb #sc-epoch-times
 def epoch_times(stop_s: float, epoch_s: float = EPOCH_S) -> np.ndarray:
@@ -221,11 +231,10 @@ def epoch_times(stop_s: float, epoch_s: float = EPOCH_S) -> np.ndarray:
 def epoch_counts(ref, hyp, label: str = SEIZ, epoch_s: float = EPOCH_S) -> Counts:
     "NEDC epoch scoring on two timelines: counts of 0.25 s epochs of `label`."
     t = epoch_times(ref[-1][1], epoch_s)
-    r, h = _labels_at(ref, t), _labels_at(hyp, t)
-    hits = int(((r == label) & (h == label)).sum())
-    misses = int(((r == label) & (h != label)).sum())
-    false_alarms = int(((r == BCKG) & (h == label)).sum())  # NEDC: the null class hypothesised as label
-    return Counts(hits + misses, hits, misses, false_alarms)
+    ref_at, h = _events_at(ref, t), _is_label_at(hyp, t, label)
+    r, r_null = _is_label_at(ref, t, label, ref_at), _is_label_at(ref, t, BCKG, ref_at)
+    hits, misses = int((r & h).sum()), int((r & ~h).sum())
+    return Counts(hits + misses, hits, misses, int((r_null & h).sum()))  # NEDC: the null class hypothesised as label
 
 # %% ../nbs/api/10_scoring.ipynb #b286e4c5
 _SUB, _INS, _DEL = 0, 1, 2
@@ -371,21 +380,22 @@ def total_false_alarms(scorer: str, ref, hyp) -> float:
     "NEDC's summary false alarms of one pair of timelines: over both labels (epoch: epochs labelled otherwise)."
     if scorer == 'epoch':
         t = epoch_times(ref[-1][1])
-        return int((_labels_at(ref, t) != _labels_at(hyp, t)).sum())
+        return int((_is_label_at(ref, t, SEIZ) != _is_label_at(hyp, t, SEIZ)).sum())  # two labels: one decides
     return sum(SCORERS[scorer](ref, hyp, label).false_alarms for label in LABELS)
 
 # %% ../nbs/api/10_scoring.ipynb #sc-timelines
 def score_timelines(pairs: Iterable[tuple[list, list]], scorers: Sequence[str] = tuple(SCORERS),
-                    label: str = SEIZ) -> dict:
-    "Score `(reference, hypothesis)` timelines with each scorer, counts summed over files as NEDC does."
-    totals, every_label, duration = {name: Counts() for name in scorers}, dict.fromkeys(scorers, 0), 0.0
+                    label: str = SEIZ, totals: bool = True) -> dict:
+    """Score `(reference, hypothesis)` timelines with each scorer, counts summed over files as NEDC does (`totals`
+    False: without `total_false_alarms`, which the threshold sweep does not need)."""
+    counts, every_label, duration = {name: Counts() for name in scorers}, dict.fromkeys(scorers, 0), 0.0
     for ref_tl, hyp_tl in pairs:
         duration += ref_tl[-1][1]
         for name in scorers:
-            totals[name] = totals[name] + SCORERS[name](ref_tl, hyp_tl, label)
-            every_label[name] += total_false_alarms(name, ref_tl, hyp_tl)
-    return {name: nedc_metrics(totals[name], every_label[name], duration, EPOCH_S if name == 'epoch' else None)
-            for name in scorers}
+            counts[name] = counts[name] + SCORERS[name](ref_tl, hyp_tl, label)
+            if totals: every_label[name] += total_false_alarms(name, ref_tl, hyp_tl)
+    return {name: nedc_metrics(counts[name], every_label[name] if totals else None, duration,
+                               EPOCH_S if name == 'epoch' else None) for name in scorers}
 
 # %% ../nbs/api/10_scoring.ipynb #sc-same-end
 def _check_same_end(ref: Annotation, hyp: Annotation):
@@ -567,7 +577,8 @@ def threshold_sweep(probs_by_token: Mapping[str, np.ndarray], ref_events: Mappin
     for k, thr in enumerate(thresholds):
         hyps = {t: nedc_timeline(Annotation([(a, b, SEIZ) for a, b, _ in file_events(swept[t][k], ref_tl[-1][1])],
                                             ref_tl[-1][1], t)) for t, ref_tl in refs.items()}
-        scored = score_timelines(((refs[t], hyps[t]) for t in refs), tuple(dict.fromkeys((*scorers, 'epoch'))))
+        scored = score_timelines(((refs[t], hyps[t]) for t in refs), tuple(dict.fromkeys((*scorers, 'epoch'))),
+                                 totals=False)
         flagged_s = float(sum(_seiz_seconds(h) for h in hyps.values()))
         rows.append({'threshold': float(thr), **scored, 'flagged_s': flagged_s, 'seizure_s': seizure_s,
                      'duration_s': duration_s})
