@@ -504,7 +504,7 @@ def score_cli(argv: list[str] | None = None) -> int:
     parser.add_argument('hyp_list', help='hypothesis .csv_bi files, paired with references by bname')
     parser.add_argument('--scorer', choices=tuple(SCORER_SETS), default='nedc',
                         help='nedc: NEDC v6.0.0 dpalign, epoch, ovlp, taes (default); szcore: SzCORE event and sample '
-                             '(timescoring); all: both')
+                             '(timescoring), per subject and cumulated; all: both')
     parser.add_argument('--json', metavar='OUT', type=Path, help='write the figures as JSON instead of a table')
     args = parser.parse_args(argv)
     try: results = score_lists(args.ref_list, args.hyp_list, SCORER_SETS[args.scorer])
