@@ -36,7 +36,7 @@ __all__ = ['log', 'STEP', 'EVAL_METRICS', 'DETECTOR_KEYS', 'PUBLISHED_POINT', 'T
            'load_trained_detector', 'post_at', 'default_post', 'operating_point', 'published_point', 'write_szcore_tsv',
            'profile_probabilities', 'released_prediction', 'Detection', 'recording_start', 'detect_recording',
            'plot_overview', 'plot_page', 'review_pages', 'write_figures', 'recordings_to_detect', 'autocast_for',
-           'format_summary', 'detect_files', 'detect_cli']
+           'format_summary', 'reference_latencies', 'detect_files', 'detect_cli']
 
 # %% ../nbs/api/09a_detect.ipynb #08c1defa
 STEP = 16
@@ -102,7 +102,7 @@ def reference_events(cache) -> tuple[dict, dict]:
 
 # %% ../nbs/api/09a_detect.ipynb #d90d0285
 def sens_at_fa(cache, probs: dict) -> tuple[dict, dict]:
-    "OVLP sensitivity at 10, 5 and 1 FA/24h with thresholds chosen on these recordings, and the operating points."
+    "OVLP sensitivity at 10, 5 and 1 FA/24h (None: not reached) with thresholds chosen here, and the operating points."
     events, durations = reference_events(cache)
     points = scoring.sens_at_fa(probs, events, durations, cache.config['sfreq'] / STEP)
     return {k: v['ovlp']['sensitivity'] for k, v in points.items()}, points
@@ -187,9 +187,9 @@ def default_post(det: LoadedDetector) -> dict:
 PUBLISHED_POINT = ("published: the authors' threshold 0.8 and post-processing on every sample at 256 Hz "
                    "(Wu et al. 2025, arXiv:2504.00336)")
 
-def operating_point(det: LoadedDetector, fa_per_24h: float = 10, threshold: float | None = None,
+def operating_point(det: LoadedDetector, fa_target: float = 10, threshold: float | None = None,
                     scorer: str = 'ovlp') -> dict:
-    "The threshold and post-processing to detect with: the one chosen on dev for `fa_per_24h`, or `threshold`."
+    "The threshold and post-processing to detect with: the one chosen on dev for `fa_target` FA/24h, or `threshold`."
     if det.profile is not None:  # released weights: the authors' post-processing, at 256 Hz
         if threshold is None:
             return dict(source=PUBLISHED_POINT, threshold=RELEASED_POST['threshold'], post=RELEASED_POST)
@@ -197,7 +197,7 @@ def operating_point(det: LoadedDetector, fa_per_24h: float = 10, threshold: floa
                     post={**RELEASED_POST, 'threshold': threshold})
     if threshold is not None:
         return dict(source='threshold given by hand', threshold=threshold, post=post_at(threshold, default_post(det)))
-    key, points = f'{fa_per_24h:g}', det.operating_points
+    key, points = f'{fa_target:g}', det.operating_points
     if not points:
         raise CheckpointError(f'{det.path}: no dev operating point is stored with it (no dev evaluation before it '
                               'was saved); give a threshold (--threshold 0.8)')
@@ -205,11 +205,16 @@ def operating_point(det: LoadedDetector, fa_per_24h: float = 10, threshold: floa
         raise ValueError(f'{det.path}: operating points were chosen on dev for {", ".join(points)} FA/24h, '
                          f'not {key}; choose one of those or give a threshold')
     v = points[key][scorer]
-    if v['threshold'] is None:
-        raise ValueError(f'{det.path}: on dev no threshold kept {scorer.upper()} false alarms under {key} per 24 h; '
-                         'choose a higher --operating-point or give a threshold')
+    if 'reached' not in v:
+        raise CheckpointError(f'{det.path}: its dev operating points were stored by an older brain_go_brrr, chosen '
+                              'without the limit on flagged time (a threshold that flags whole recordings could be '
+                              'among them); give a threshold (--threshold) or train it again')
+    if not v['reached']:
+        raise ValueError(f'{det.path}: {key} {scorer.upper()} FA/24h was not reached on dev (no threshold within it '
+                         'flagged less than the flag limit); choose a higher --operating-point or give a threshold')
     return dict(source=f'chosen on dev for {key} FA/24h ({scorer.upper()})', threshold=v['threshold'],
-                dev_sensitivity=v['sensitivity'], dev_fa_per_24h=v['fa_per_24h'], post=post_at(v['threshold']))
+                dev_sensitivity=v['sensitivity'], dev_seiz_fa_per_24h=v['seiz_fa_per_24h'],
+                post=post_at(v['threshold']))
 
 # %% ../nbs/api/09a_detect.ipynb #f543a48b
 def published_point(hyp_events: dict, ref_events: dict, durations: dict, scorers=scoring.POINT_SCORERS) -> dict:
@@ -393,6 +398,15 @@ def format_summary(rows: list[dict]) -> str:
         else: lines.append(f'{r["recording"]:<{width}}  {"":>6}  {"":>6}  {"":>9}  {"":>5}  FAILED: {r["status"]}')
     return '\n'.join(lines)
 
+# %% ../nbs/api/09a_detect.ipynb #dt-latency
+def reference_latencies(d: Detection) -> list | None:
+    "Onset latency of each seizure of the `.csv_bi` beside the recording (TUSZ's layout); None where there is none."
+    path = d.path.with_suffix('.csv_bi')
+    if not path.exists(): return None
+    ref = scoring.read_csv_bi(path)
+    hyp = [(a, min(b, ref.duration), scoring.SEIZ) for a, b, _ in d.events if a < ref.duration]
+    return [r['latency_s'] for r in scoring.onset_latencies([(ref, scoring.Annotation(hyp, ref.duration, ref.bname))])]
+
 # %% ../nbs/api/09a_detect.ipynb #8b2578d3
 def detect_files(det: LoadedDetector, paths, out_dir, point: dict, device='cpu', batch_size: int = 8,
                  precision: str = 'fp32', unit: str | None = None, figures: bool = True,
@@ -414,6 +428,7 @@ def detect_files(det: LoadedDetector, paths, out_dir, point: dict, device='cpu',
             if figures: write_figures(d, signal, signal.reader.channels, point['threshold'], stem)
             rows.append(dict(recording=str(rel), status='ok', hours=d.duration_s / 3600, events=len(d.events),
                              seizure_s=d.seizure_s, max_prob=float(d.probs.max())))
+            if (latencies := reference_latencies(d)) is not None: rows[-1]['onset_latency_s'] = latencies
         except Exception as e:  # one unusable file is reported, the others go on
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             rows.append(dict(recording=str(rel), status=why if str(path) in why else f'{path}: {why}'))

@@ -5,7 +5,7 @@
 # %% ../nbs/api/10_scoring.ipynb #532b102d
 from __future__ import annotations
 
-import argparse, json, sys
+import argparse, json, sys, warnings
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -15,16 +15,19 @@ import numpy as np
 from timescoring import annotations as ts_annotations, scoring as ts_scoring
 
 from .post import file_events, probs_to_events_sweep
-from .tusz import AnnotationError, read_annotation, utf8_text
+from .tusz import _BNAME, AnnotationError, read_annotation, utf8_text
 
 # %% auto #0
-__all__ = ['SEIZ', 'BCKG', 'LABELS', 'EPOCH_S', 'SECS_PER_DAY', 'SZCORE_FS', 'SZCORE_EVENT', 'SZCORE_SCORERS', 'SCORERS',
-           'SCORER_SETS', 'FA_TARGETS', 'THRESHOLDS', 'POINT_SCORERS', 'Annotation', 'check_events', 'read_csv_bi',
-           'nedc_timeline', 'Counts', 'nedc_metrics', 'ovlp_hits', 'ovlp_counts', 'taes_counts', 'epoch_times',
-           'epoch_counts', 'dp_align', 'dpalign_counts', 'szcore_annotation', 'szcore_counts', 'szcore_duration',
-           'szcore_metrics', 'szcore_score', 'score_timelines', 'score_pairs', 'pair_by_bname', 'score', 'read_list',
-           'score_lists', 'format_table', 'score_cli', 'threshold_sweep', 'pick_operating_points', 'sens_at_fa',
-           'report_at_points', 'sample_labels', 'labelled_samples', 'sample_auc']
+__all__ = ['SEIZ', 'BCKG', 'LABELS', 'EPOCH_S', 'SECS_PER_DAY', 'SZCORE_FS', 'SZCORE_EVENT', 'SZCORE_SCORERS', 'SZCORE_AVERAGED',
+           'SCORERS', 'SCORER_SETS', 'LATENCY_WITHIN_S', 'FA_TARGETS', 'THRESHOLDS', 'POINT_SCORERS', 'FLAG_LIMIT',
+           'Annotation', 'check_events', 'read_csv_bi', 'nedc_timeline', 'Counts', 'nedc_metrics', 'ovlp_hits',
+           'ovlp_counts', 'taes_counts', 'epoch_times', 'epoch_counts', 'dp_align', 'dpalign_counts',
+           'szcore_annotation', 'szcore_counts', 'szcore_duration', 'szcore_metrics', 'subject_of',
+           'szcore_subject_counts', 'szcore_cumulated', 'szcore_per_subject', 'szcore_score', 'total_false_alarms',
+           'score_timelines', 'score_pairs', 'szcore_as', 'pair_by_bname', 'score', 'read_list', 'score_lists',
+           'format_table', 'score_cli', 'onset_latencies', 'latency_summary', 'threshold_sweep', 'flag_limit_s',
+           'point_at', 'pick_operating_points', 'sens_at_fa', 'report_at_points', 'sample_labels', 'labelled_samples',
+           'sample_auc']
 
 # %% ../nbs/api/10_scoring.ipynb #547908f1
 SEIZ, BCKG = 'seiz', 'bckg'
@@ -108,15 +111,20 @@ class Counts:
         return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 # %% ../nbs/api/10_scoring.ipynb #sc-metrics
-def nedc_metrics(counts: Counts, duration_s: float, fa_unit_s: float | None = None) -> dict:
-    "NEDC's sensitivity, precision, F1 and false alarms per 24 h (`fa_unit_s`: seconds per false alarm, epoch)."
+def nedc_metrics(counts: Counts, total_false_alarms: float | None, duration_s: float,
+                 fa_unit_s: float | None = None) -> dict:
+    """NEDC's sensitivity, precision, F1 and false alarms per 24 h of the label (`seiz_fa_per_24h`) and of both labels
+    (`total_fa_per_24h`, from `total_false_alarms`; None: not counted); `fa_unit_s`: seconds per false alarm (epoch)."""
     tp, fn, fp = counts.hits, counts.misses, counts.false_alarms
     sens = float(tp) / float(tp + fn) if tp + fn != 0 else 0.0
     prec = float(tp) / float(tp + fp) if tp + fp != 0 else 0.0
     f1 = 2.0 * prec * sens / (prec + sens) if round(prec + sens, 10) != 0 else 0.0
-    fa = float(fp) * (fa_unit_s or 1) / duration_s * SECS_PER_DAY if round(duration_s, 10) != 0 else 0.0
+    per_24h = lambda n: float(n) * (fa_unit_s or 1) / duration_s * SECS_PER_DAY if round(duration_s, 10) != 0 else 0.0
     return dict(targets=float(counts.targets), hits=float(tp), misses=float(fn), false_alarms=float(fp),
-                sensitivity=sens, precision=prec, f1=f1, fa_per_24h=fa, total_duration_s=duration_s)
+                sensitivity=sens, precision=prec, f1=f1, seiz_fa_per_24h=per_24h(fp),
+                total_false_alarms=None if total_false_alarms is None else float(total_false_alarms),
+                total_fa_per_24h=None if total_false_alarms is None else per_24h(total_false_alarms),
+                total_duration_s=duration_s)
 
 # %% ../nbs/api/10_scoring.ipynb #57a7e466
 def _intervals(timeline, label):
@@ -195,15 +203,23 @@ def taes_counts(ref, hyp, label: str = SEIZ) -> Counts:
     return Counts(len(R), hit, miss + rflags.count(True), fa + hflags.count(True))
 
 # %% ../nbs/api/10_scoring.ipynb #415b1393
-def _labels_at(timeline, t):
-    "The label of the first event containing each time in `t` (NEDC's lookup; none found -> the last event)."
+def _events_at(timeline, t) -> np.ndarray:
+    "The index of the first event containing each time in `t` (NEDC's lookup; none found -> the last event)."
     starts = np.array([s for s, _, _ in timeline])
     stops = np.array([e for _, e, _ in timeline])
     idx = np.searchsorted(stops, t, side='left')
     found = idx < len(stops)
     found[found] = starts[idx[found]] <= t[found]
     idx[~found] = len(timeline) - 1
-    return np.array([lab for _, _, lab in timeline])[idx]
+    return idx
+
+
+def _labels_at(timeline, t): return np.array([lab for _, _, lab in timeline])[_events_at(timeline, t)]
+
+
+def _is_label_at(timeline, t, label, at=None) -> np.ndarray:
+    "Whether the label at each time in `t` is `label` (booleans: string arrays are slow); `at`: `_events_at`, known."
+    return np.array([lab == label for *_, lab in timeline])[_events_at(timeline, t) if at is None else at]
 
 # %% ../nbs/api/10_scoring.ipynb #sc-epoch-times
 def epoch_times(stop_s: float, epoch_s: float = EPOCH_S) -> np.ndarray:
@@ -215,11 +231,10 @@ def epoch_times(stop_s: float, epoch_s: float = EPOCH_S) -> np.ndarray:
 def epoch_counts(ref, hyp, label: str = SEIZ, epoch_s: float = EPOCH_S) -> Counts:
     "NEDC epoch scoring on two timelines: counts of 0.25 s epochs of `label`."
     t = epoch_times(ref[-1][1], epoch_s)
-    r, h = _labels_at(ref, t), _labels_at(hyp, t)
-    hits = int(((r == label) & (h == label)).sum())
-    misses = int(((r == label) & (h != label)).sum())
-    false_alarms = int(((r == BCKG) & (h == label)).sum())  # NEDC: the null class hypothesised as label
-    return Counts(hits + misses, hits, misses, false_alarms)
+    ref_at, h = _events_at(ref, t), _is_label_at(hyp, t, label)
+    r, r_null = _is_label_at(ref, t, label, ref_at), _is_label_at(ref, t, BCKG, ref_at)
+    hits, misses = int((r & h).sum()), int((r & ~h).sum())
+    return Counts(hits + misses, hits, misses, int((r_null & h).sum()))  # NEDC: the null class hypothesised as label
 
 # %% ../nbs/api/10_scoring.ipynb #b286e4c5
 _SUB, _INS, _DEL = 0, 1, 2
@@ -298,32 +313,89 @@ def szcore_metrics(counts: Counts, duration_s: float) -> dict:
     pooled.computeScores()
     return dict(targets=float(counts.targets), hits=float(counts.hits), misses=float(counts.misses),
                 false_alarms=float(counts.false_alarms), sensitivity=float(pooled.sensitivity),
-                precision=float(pooled.precision), f1=float(pooled.f1), fa_per_24h=float(pooled.fpRate),
+                precision=float(pooled.precision), f1=float(pooled.f1), seiz_fa_per_24h=float(pooled.fpRate),
                 total_duration_s=duration_s)
 
 # %% ../nbs/api/10_scoring.ipynb #sc-sz-score
-def szcore_score(recordings: Iterable[tuple[list, list, float]], label: str = SEIZ) -> dict:
-    """SzCORE event and sample figures of `(reference events, hypothesis events, duration_s)` per recording:
-    counts and durations summed over recordings, then the figures, as SzCORE's cumulated result."""
-    totals, duration = {name: Counts() for name in SZCORE_SCORERS}, 0.0
-    for ref_events, hyp_events, seconds in recordings:
-        for name, c in szcore_counts(ref_events, hyp_events, seconds, label).items(): totals[name] = totals[name] + c
-        duration += szcore_duration(seconds)
-    return {name: szcore_metrics(totals[name], duration) for name in SZCORE_SCORERS}
+def subject_of(bname: str) -> str:
+    "The subject of a recording: the first part of a TUSZ bname `<subject>_s<session>_t<token>`, else the bname."
+    m = _BNAME.match(bname)
+    return m['subject'] if m else bname
+
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-subject-counts
+def szcore_subject_counts(recordings: Iterable[tuple[list, list, float]], subjects: Sequence[str],
+                          label: str = SEIZ) -> dict[str, tuple[dict, float]]:
+    """`{subject: ({scorer: Counts}, seconds)}`: SzCORE counts and mask seconds of `(reference events, hypothesis
+    events, duration_s)` per recording, summed over each subject's recordings (`subjects`: one per recording)."""
+    recordings, per = list(recordings), {}
+    if len(recordings) != len(subjects):
+        raise ValueError(f'{len(recordings)} recordings but {len(subjects)} subjects; pass one subject a recording')
+    for (ref_events, hyp_events, seconds), subject in zip(recordings, subjects):
+        counts, total = per.get(subject, ({name: Counts() for name in SZCORE_SCORERS}, 0.0))
+        new = szcore_counts(ref_events, hyp_events, seconds, label)
+        per[subject] = ({name: counts[name] + new[name] for name in SZCORE_SCORERS}, total + szcore_duration(seconds))
+    return per
+
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-cumulated
+def szcore_cumulated(subject_counts: Iterable[tuple[dict, float]]) -> dict:
+    "SzCORE's cumulated figures per scorer: counts and seconds of `szcore_subject_counts` values summed, then derived."
+    totals, seconds = {name: Counts() for name in SZCORE_SCORERS}, 0.0
+    for counts, s in subject_counts:
+        totals, seconds = {name: totals[name] + counts[name] for name in SZCORE_SCORERS}, seconds + s
+    return {name: szcore_metrics(totals[name], seconds) for name in SZCORE_SCORERS}
+
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-per-subject
+SZCORE_AVERAGED = ('sensitivity', 'precision', 'f1', 'seiz_fa_per_24h')  # the figures SzCORE averages over subjects
+
+
+def szcore_per_subject(subject_counts: Iterable[tuple[dict, float]]) -> dict:
+    """SzCORE's per-subject figures per scorer: mean and `_std` over subjects (`szcore_subject_counts` values) of
+    each subject's sensitivity, precision, F1 and false alarms per 24 h, NaN-skipping as `szcore_evaluation`."""
+    figures = [{name: szcore_metrics(counts[name], seconds) for name in SZCORE_SCORERS}
+               for counts, seconds in subject_counts]
+    out = {}
+    for name in SZCORE_SCORERS:
+        out[name] = {'subjects': len(figures)}
+        for key in SZCORE_AVERAGED:
+            values = np.array([f[name][key] for f in figures], float)
+            with warnings.catch_warnings():  # every subject undefined: NaN, as szcore_evaluation gives
+                warnings.simplefilter('ignore', RuntimeWarning)
+                out[name][key], out[name][f'{key}_std'] = float(np.nanmean(values)), float(np.nanstd(values))
+    return out
+
+# %% ../nbs/api/10_scoring.ipynb #sc-sz-both
+def szcore_score(recordings: Iterable[tuple[list, list, float]], subjects: Sequence[str], label: str = SEIZ) -> dict:
+    """SzCORE event and sample figures of `(reference events, hypothesis events, duration_s)` per recording, both
+    ways: `{scorer: {'per_subject': ..., 'cumulated': ...}}` (`szcore_per_subject`, `szcore_cumulated`)."""
+    counts = szcore_subject_counts(recordings, subjects, label)
+    per_subject, cumulated = szcore_per_subject(counts.values()), szcore_cumulated(counts.values())
+    return {name: {'per_subject': per_subject[name], 'cumulated': cumulated[name]} for name in SZCORE_SCORERS}
 
 # %% ../nbs/api/10_scoring.ipynb #d29a3ce7
 SCORERS = {'dpalign': dpalign_counts, 'epoch': epoch_counts, 'ovlp': ovlp_counts, 'taes': taes_counts}
 SCORER_SETS = {'nedc': tuple(SCORERS), 'szcore': SZCORE_SCORERS, 'all': (*SCORERS, *SZCORE_SCORERS)}
 
+# %% ../nbs/api/10_scoring.ipynb #sc-total-fa
+def total_false_alarms(scorer: str, ref, hyp) -> float:
+    "NEDC's summary false alarms of one pair of timelines: over both labels (epoch: epochs labelled otherwise)."
+    if scorer == 'epoch':
+        t = epoch_times(ref[-1][1])
+        return int((_is_label_at(ref, t, SEIZ) != _is_label_at(hyp, t, SEIZ)).sum())  # two labels: one decides
+    return sum(SCORERS[scorer](ref, hyp, label).false_alarms for label in LABELS)
+
 # %% ../nbs/api/10_scoring.ipynb #sc-timelines
 def score_timelines(pairs: Iterable[tuple[list, list]], scorers: Sequence[str] = tuple(SCORERS),
-                    label: str = SEIZ) -> dict:
-    "Score `(reference, hypothesis)` timelines with each scorer, counts summed over files as NEDC does."
-    totals, duration = {name: Counts() for name in scorers}, 0.0
+                    label: str = SEIZ, totals: bool = True) -> dict:
+    """Score `(reference, hypothesis)` timelines with each scorer, counts summed over files as NEDC does (`totals`
+    False: without `total_false_alarms`, which the threshold sweep does not need)."""
+    counts, every_label, duration = {name: Counts() for name in scorers}, dict.fromkeys(scorers, 0), 0.0
     for ref_tl, hyp_tl in pairs:
         duration += ref_tl[-1][1]
-        for name in scorers: totals[name] = totals[name] + SCORERS[name](ref_tl, hyp_tl, label)
-    return {name: nedc_metrics(totals[name], duration, EPOCH_S if name == 'epoch' else None) for name in scorers}
+        for name in scorers:
+            counts[name] = counts[name] + SCORERS[name](ref_tl, hyp_tl, label)
+            if totals: every_label[name] += total_false_alarms(name, ref_tl, hyp_tl)
+    return {name: nedc_metrics(counts[name], every_label[name] if totals else None, duration,
+                               EPOCH_S if name == 'epoch' else None) for name in scorers}
 
 # %% ../nbs/api/10_scoring.ipynb #sc-same-end
 def _check_same_end(ref: Annotation, hyp: Annotation):
@@ -335,7 +407,8 @@ def _check_same_end(ref: Annotation, hyp: Annotation):
 # %% ../nbs/api/10_scoring.ipynb #sc-pairs
 def score_pairs(pairs: Iterable[tuple[Annotation, Annotation]], scorers: Sequence[str] = tuple(SCORERS),
                 label: str = SEIZ) -> dict:
-    "Score `(reference, hypothesis)` annotation pairs with each scorer (NEDC's, SzCORE's), counts summed over files."
+    """Score `(reference, hypothesis)` annotation pairs with each scorer: NEDC's counts summed over files, SzCORE's
+    per subject (`subject_of` the bname) and cumulated."""
     if unknown := [name for name in scorers if name not in SCORER_SETS['all']]:
         raise ValueError(f'unknown scorer {unknown[0]!r}; the scorers are {", ".join(SCORER_SETS["all"])}')
     pairs = list(pairs)
@@ -346,8 +419,15 @@ def score_pairs(pairs: Iterable[tuple[Annotation, Annotation]], scorers: Sequenc
     nedc = [name for name in scorers if name in SCORERS]
     results = score_timelines(((nedc_timeline(ref), nedc_timeline(hyp)) for ref, hyp in pairs), nedc, label)
     if set(scorers) & set(SZCORE_SCORERS):
-        results.update(szcore_score(((ref.events, hyp.events, ref.duration) for ref, hyp in pairs), label))
+        results.update(szcore_score(((ref.events, hyp.events, ref.duration) for ref, hyp in pairs),
+                                    [subject_of(ref.bname) for ref, _ in pairs], label))
     return {name: results[name] for name in scorers}
+
+# %% ../nbs/api/10_scoring.ipynb #sc-szcore-as
+def szcore_as(results: Mapping[str, dict], way: str) -> dict:
+    "`results` of `score_pairs` with each SzCORE scorer's `way` figures (`per_subject` or `cumulated`) in its place."
+    if way not in ('per_subject', 'cumulated'): raise ValueError(f'way {way!r}: per_subject or cumulated')
+    return {name: r[way] if name in SZCORE_SCORERS else r for name, r in results.items()}
 
 # %% ../nbs/api/10_scoring.ipynb #sc-bname
 def pair_by_bname(refs: Sequence[Annotation], hyps: Sequence[Annotation]) -> list[tuple[Annotation, Annotation]]:
@@ -394,15 +474,25 @@ def score_lists(ref_list, hyp_list, scorers: Sequence[str] = tuple(SCORERS), lab
 
 # %% ../nbs/api/10_scoring.ipynb #ac1bce02
 def format_table(results: Mapping[str, dict]) -> str:
-    "A readable table of `score` results, one scorer a row."
+    "A readable table of `score` results, one scorer a row, SzCORE's per-subject figures below."
     head = (f'{"scorer":<13} {"targets":>8} {"hits":>9} {"misses":>9} {"FA":>9} {"sens %":>8} {"prec %":>8} '
-            f'{"F1":>7} {"FA/24h":>10}')
+            f'{"F1":>7} {"FA/24h":>10} {"total FA/24h":>12}')
+    flat = {name: r.get('cumulated', r) for name, r in results.items()}
     rows = [f'{name:<13} {r["targets"]:>8.0f} {r["hits"]:>9.2f} {r["misses"]:>9.2f} {r["false_alarms"]:>9.2f} '
-            f'{r["sensitivity"] * 100:>8.2f} {r["precision"] * 100:>8.2f} {r["f1"]:>7.4f} {r["fa_per_24h"]:>10.4f}'
-            for name, r in results.items()]
-    durations = ', '.join(dict.fromkeys(f'{r["total_duration_s"]:.4f} s' for r in results.values()))
-    return '\n'.join([head, *rows, f'label: {SEIZ}; total duration {durations} (SzCORE counts whole seconds per file)'
-                       if set(results) & set(SZCORE_SCORERS) else f'label: {SEIZ}; total duration {durations}'])
+            f'{r["sensitivity"] * 100:>8.2f} {r["precision"] * 100:>8.2f} {r["f1"]:>7.4f} {r["seiz_fa_per_24h"]:>10.4f}'
+            + (f' {r["total_fa_per_24h"]:>12.4f}' if 'total_fa_per_24h' in r else '')  # SzCORE has no total
+            for name, r in flat.items()]
+    durations = ', '.join(dict.fromkeys(f'{r["total_duration_s"]:.4f} s' for r in flat.values()))
+    notes = [f'label: {SEIZ}; total duration {durations}; FA/24h: {SEIZ} false alarms (NEDC\'s LABEL: SEIZ block), '
+             f'total FA/24h: {SEIZ} and {BCKG} (its SUMMARY block)']
+    if not (szcore := [name for name in results if name in SZCORE_SCORERS]): return '\n'.join([head, *rows, *notes])
+    per = {name: results[name]['per_subject'] for name in szcore}
+    subjects = per[szcore[0]]['subjects']
+    averaged = [f'{name:<13} {suffix:>38} {p["sensitivity" + k] * 100:>8.2f} {p["precision" + k] * 100:>8.2f} '
+                f'{p["f1" + k]:>7.4f} {p["seiz_fa_per_24h" + k]:>10.4f}'
+                for name, p in per.items() for suffix, k in ((f'mean of {subjects} subjects', ''), ('std', '_std'))]
+    return '\n'.join([head, *rows, *notes, 'SzCORE rows: cumulated, whole seconds per file; per subject (the '
+                      'leaderboard\'s figure):', *averaged])
 
 # %% ../nbs/api/10_scoring.ipynb #sc-cli
 def score_cli(argv: list[str] | None = None) -> int:
@@ -414,7 +504,7 @@ def score_cli(argv: list[str] | None = None) -> int:
     parser.add_argument('hyp_list', help='hypothesis .csv_bi files, paired with references by bname')
     parser.add_argument('--scorer', choices=tuple(SCORER_SETS), default='nedc',
                         help='nedc: NEDC v6.0.0 dpalign, epoch, ovlp, taes (default); szcore: SzCORE event and sample '
-                             '(timescoring); all: both')
+                             '(timescoring), per subject and cumulated; all: both')
     parser.add_argument('--json', metavar='OUT', type=Path, help='write the figures as JSON instead of a table')
     args = parser.parse_args(argv)
     try: results = score_lists(args.ref_list, args.hyp_list, SCORER_SETS[args.scorer])
@@ -427,10 +517,36 @@ def score_cli(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=1, sort_keys=True) + '\n')
     return 0
 
+# %% ../nbs/api/10_scoring.ipynb #sc-latency
+def onset_latencies(pairs: Iterable[tuple[Annotation, Annotation]], label: str = SEIZ) -> list[dict]:
+    """One row per reference `label` event of `(reference, hypothesis)` pairs: `token`, `subject`, `onset_s` and
+    `latency_s`, the first overlapping hypothesis start minus the onset (negative: early; None: missed)."""
+    rows = []
+    for ref, hyp in pairs:
+        (rs, re), (hs, he) = _intervals(nedc_timeline(ref), label), _intervals(nedc_timeline(hyp), label)
+        for onset, stop in zip(rs, re):
+            overlapping = hs[(hs < stop) & (he > onset)]  # sorted: the first is the earliest
+            rows.append(dict(token=ref.bname, subject=subject_of(ref.bname), onset_s=float(onset),
+                             latency_s=float(overlapping[0] - onset) if len(overlapping) else None))
+    return rows
+
+# %% ../nbs/api/10_scoring.ipynb #sc-latency-summary
+LATENCY_WITHIN_S = (10, 30, 60)
+
+
+def latency_summary(latencies: Sequence[dict], within_s: Sequence[float] = LATENCY_WITHIN_S) -> dict:
+    """`seizures`, `detected`, `median_s`, `q25_s`, `q75_s` of the detected seizures' `latency_s`, and `within_Xs`:
+    the share of all seizures detected at most X s after onset (`onset_latencies` rows)."""
+    lat = np.array([r['latency_s'] for r in latencies if r['latency_s'] is not None], float)
+    q25, median, q75 = np.percentile(lat, [25, 50, 75]).tolist() if len(lat) else (None, None, None)
+    shares = {f'within_{s:g}s': float((lat <= s).sum() / len(latencies)) if latencies else None for s in within_s}
+    return dict(seizures=len(latencies), detected=len(lat), median_s=median, q25_s=q25, q75_s=q75, **shares)
+
 # %% ../nbs/api/10_scoring.ipynb #8a511a3b
 FA_TARGETS = (10, 5, 1)
-THRESHOLDS = tuple((np.arange(1, 100) / 100).tolist())
+THRESHOLDS = tuple((np.arange(1, 100) / 100).tolist()) + (0.995, 0.999, 0.9995, 0.9999)
 POINT_SCORERS = ('ovlp', 'taes')
+FLAG_LIMIT = dict(seizure_factor=2.0, fa_event_s=60.0)  # flag at most 2 x the seizure time + 60 s per allowed FA
 
 # %% ../nbs/api/10_scoring.ipynb #sc-ref-tl
 def _reference_timelines(tokens, ref_events, durations) -> dict:
@@ -442,55 +558,81 @@ def _reference_timelines(tokens, ref_events, durations) -> dict:
                                                      [f'{t}: event {k}' for k in range(len(ref_events[t]))]),
                                         float(durations[t]), t)) for t in tokens}
 
+# %% ../nbs/api/10_scoring.ipynb #sc-seiz-seconds
+def _seiz_seconds(timeline) -> float: return sum(b - a for a, b, label in timeline if label == SEIZ)
+
 # %% ../nbs/api/10_scoring.ipynb #sc-sweep
 def threshold_sweep(probs_by_token: Mapping[str, np.ndarray], ref_events: Mapping[str, list],
                     durations: Mapping[str, float], sfreq: float, post_params: Mapping | None = None,
                     thresholds: Sequence[float] = THRESHOLDS, scorers: Sequence[str] = POINT_SCORERS) -> list[dict]:
-    "Rows `{'threshold': t, scorer: figures, ...}`: the post-processed hypotheses scored at each threshold."
+    """Rows `{'threshold': t, scorer: figures, ..., 'epoch': figures, 'flagged_s', 'seizure_s', 'duration_s'}`: the
+    post-processed hypotheses scored at each threshold, and the time they flag."""
     refs, swept = _reference_timelines(probs_by_token, ref_events, durations), {}
     for token, probs in probs_by_token.items():
         try: swept[token] = probs_to_events_sweep(probs, sfreq, thresholds, post_params or {})
         except ValueError as e: raise ValueError(f'recording {token!r}: {e}') from None
-    def pairs(k):
-        for t, ref_tl in refs.items():
-            hyp = Annotation([(a, b, SEIZ) for a, b, _ in file_events(swept[t][k], ref_tl[-1][1])], ref_tl[-1][1], t)
-            yield ref_tl, nedc_timeline(hyp)
-    return [{'threshold': float(thr), **score_timelines(pairs(k), scorers)} for k, thr in enumerate(thresholds)]
+    seizure_s = float(sum(_seiz_seconds(tl) for tl in refs.values()))
+    duration_s = float(sum(tl[-1][1] for tl in refs.values()))
+    rows = []
+    for k, thr in enumerate(thresholds):
+        hyps = {t: nedc_timeline(Annotation([(a, b, SEIZ) for a, b, _ in file_events(swept[t][k], ref_tl[-1][1])],
+                                            ref_tl[-1][1], t)) for t, ref_tl in refs.items()}
+        scored = score_timelines(((refs[t], hyps[t]) for t in refs), tuple(dict.fromkeys((*scorers, 'epoch'))),
+                                 totals=False)
+        flagged_s = float(sum(_seiz_seconds(h) for h in hyps.values()))
+        rows.append({'threshold': float(thr), **scored, 'flagged_s': flagged_s, 'seizure_s': seizure_s,
+                     'duration_s': duration_s})
+    return rows
 
 # %% ../nbs/api/10_scoring.ipynb #sc-pick
+def flag_limit_s(row: Mapping, target: float, flag_limit: Mapping = FLAG_LIMIT) -> float:
+    "The most time a threshold may flag at `target` FA/24h: `seizure_factor` x seizure time + `fa_event_s` per FA."
+    allowed_false_alarms = target * row['duration_s'] / SECS_PER_DAY
+    return float(flag_limit['seizure_factor'] * row['seizure_s'] + allowed_false_alarms * flag_limit['fa_event_s'])
+
+# %% ../nbs/api/10_scoring.ipynb #sc-point-at
+def point_at(row: Mapping, scorer: str) -> dict:
+    "The figures of `scorer` at a sweep row's threshold, the epoch scorer's false alarms per 24 h and the time flagged."
+    return {'threshold': row['threshold'], **row[scorer], 'epoch_seiz_fa_per_24h': row['epoch']['seiz_fa_per_24h'],
+            'flagged_s': row['flagged_s']}
+
+# %% ../nbs/api/10_scoring.ipynb #sc-pick-points
 def pick_operating_points(sweep: Sequence[dict], fa_targets: Sequence[float] = FA_TARGETS,
-                          scorers: Sequence[str] = POINT_SCORERS) -> dict:
-    """Per false-alarm target (keys `"10"`, `"5"`, `"1"`) and scorer: the threshold with the highest sensitivity
-    whose FA/24h is within the target (ties: the higher threshold), with its figures. No threshold within the
-    target: `threshold` None, sensitivity 0."""
+                          scorers: Sequence[str] = POINT_SCORERS, flag_limit: Mapping = FLAG_LIMIT) -> dict:
+    """Per false-alarm target (keys `"10"`, `"5"`, `"1"`) and scorer: the admissible threshold with the highest
+    sensitivity within the target (`point_at`, `reached` True, `flag_limit_s`), or `reached` False."""
     points = {}
     for target in fa_targets:
+        limit = flag_limit_s(sweep[0], target, flag_limit) if sweep else None
         points[f'{target:g}'] = {}
         for name in scorers:
-            within = [row for row in sweep if row[name]['fa_per_24h'] <= target]
-            best = max(within, key=lambda row: (row[name]['sensitivity'], row['threshold']), default=None)
-            points[f'{target:g}'][name] = ({'threshold': None, 'sensitivity': 0.0, 'fa_per_24h': None} if best is None
-                                          else {'threshold': best['threshold'], **best[name]})
+            within = [row for row in sweep if row[name]['seiz_fa_per_24h'] <= target]
+            admissible = [row for row in within if row['flagged_s'] <= limit]
+            best = max(admissible, key=lambda row: (row[name]['sensitivity'], row['threshold']), default=None)
+            points[f'{target:g}'][name] = (
+                {**point_at(best, name), 'reached': True, 'flag_limit_s': limit} if best is not None else
+                {'threshold': None, 'reached': False, 'sensitivity': None, 'seiz_fa_per_24h': None,
+                 'epoch_seiz_fa_per_24h': None, 'flagged_s': None, 'flag_limit_s': limit,
+                 'refused': len(within) - len(admissible)})
     return points
 
 # %% ../nbs/api/10_scoring.ipynb #sc-sens-at-fa
 def sens_at_fa(probs_by_token, ref_events, durations, sfreq, post_params=None, *,
                fa_targets: Sequence[float] = FA_TARGETS, thresholds: Sequence[float] = THRESHOLDS,
-               scorers: Sequence[str] = POINT_SCORERS) -> dict:
+               scorers: Sequence[str] = POINT_SCORERS, flag_limit: Mapping = FLAG_LIMIT) -> dict:
     "Sensitivity at 10, 5 and 1 FA/24h with the threshold chosen on these (dev) recordings: `dev_sens_at_fa`."
     sweep = threshold_sweep(probs_by_token, ref_events, durations, sfreq, post_params, thresholds, scorers)
-    return pick_operating_points(sweep, fa_targets, scorers)
+    return pick_operating_points(sweep, fa_targets, scorers, flag_limit)
 
 # %% ../nbs/api/10_scoring.ipynb #sc-report
 def report_at_points(points: Mapping[str, dict], probs_by_token, ref_events, durations, sfreq,
                      post_params=None) -> dict:
-    "The figures of other (eval) recordings at the thresholds `points` fixed on dev; same shape as `points`."
+    "The figures of other (eval) recordings at the thresholds `points` fixed on dev (`point_at`); same shape."
     chosen = sorted({p['threshold'] for per in points.values() for p in per.values() if p['threshold'] is not None})
     scorers = sorted({name for per in points.values() for name in per})
     rows = {row['threshold']: row for row in
             threshold_sweep(probs_by_token, ref_events, durations, sfreq, post_params, chosen, scorers)}
-    return {target: {name: dict(p) if p['threshold'] is None
-                     else {'threshold': p['threshold'], **rows[p['threshold']][name]}
+    return {target: {name: dict(p) if p['threshold'] is None else point_at(rows[p['threshold']], name)
                      for name, p in per.items()} for target, per in points.items()}
 
 # %% ../nbs/api/10_scoring.ipynb #7aa5f00f

@@ -156,3 +156,27 @@ def test_detect_gives_the_events_evaluate_gives(checkpoint, corpus, tmp_path):
     detected = {f.stem: read_csv_bi(f).events for f in (tmp_path / 'out').rglob('*.csv_bi')}
     assert evaluated and detected == evaluated
     assert any(detected.values()), 'some dev recording has an event at threshold 0.5'
+    # a reference beside each EDF (TUSZ's layout): detections.json holds each seizure's onset latency
+    from brain_go_brrr.scoring import Annotation, onset_latencies
+    rows = {Path(r['recording']).name: r for r in json.loads((tmp_path / 'out' / 'detections.json').read_text())}
+    for ref_path in (Path(corpus['data_dir']) / 'edf' / 'dev').rglob('*.csv_bi'):
+        ref = read_csv_bi(ref_path)
+        expected = onset_latencies([(ref, Annotation(evaluated[ref.bname], ref.duration, ref.bname))])
+        assert rows[ref.bname]['onset_latency_s'] == [r['latency_s'] for r in expected], ref.bname
+    assert any(r['onset_latency_s'] for r in rows.values()), 'some dev recording has a seizure'
+
+
+def test_evaluate_compared_with_itself_differs_by_exactly_zero(checkpoint, tmp_path):
+    "`evaluate -p compare_with` on the same checkpoint: every paired difference and its interval are 0."
+    import papermill as pm
+    root = Path(__file__).parent.parent
+    pm.execute_notebook(str(root / 'nbs' / 'evaluate.ipynb'), str(tmp_path / 'evaluate.ipynb'), cwd=str(root),
+                        parameters=dict(checkpoint=str(checkpoint), compare_with=str(checkpoint), split='dev',
+                                        n_resamples=20, run_name='evaluate_self'), progress_bar=False)
+    result = json.loads((checkpoint.parent.parent / 'evaluate_self' / 'eval_metrics.json').read_text())
+    difference = result['compare_with']['difference']
+    figures = [difference['auroc']] + [f for name in ('ovlp', 'taes') for f in difference[name].values()] + [
+        f for name in ('szcore_event', 'szcore_sample') for way in difference[name].values() for f in way.values()]
+    assert len(figures) == 1 + 2 * 5 + 2 * (5 + 4)
+    assert all(f['value'] in (0.0, None) and f['low'] in (0.0, None) and f['high'] in (0.0, None) for f in figures)
+    assert difference['ovlp']['sensitivity'] == dict(value=0.0, low=0.0, high=0.0)

@@ -1,12 +1,14 @@
 """Every recording of a split counted (a refused one with an empty hypothesis), seizure types from the per-channel
-.csv of a synthetic corpus, and bootstrap intervals that a seed fixes."""
+.csv of a synthetic corpus, bootstrap intervals that a seed fixes (SzCORE's both ways), false alarms on seizure-free
+recordings, onset-latency intervals, and the paired bootstrap of two models on the same subjects."""
 import numpy as np
 import pytest
 
 from brain_go_brrr.cache import build_cache, open_cache
-from brain_go_brrr.metrics import (CI_SCORERS, TYPES, UNTYPED, bootstrap_ci, recording_counts, reference_types,
+from brain_go_brrr.metrics import (CI_SCORERS, LATENCY_FIGURES, SEIZURE_FREE_FA, TYPES, UNTYPED, both_ways,
+                                   bootstrap_ci, latency_ci, paired_bootstrap, recording_counts, reference_types,
                                    split_recordings, type_sensitivity)
-from brain_go_brrr.scoring import SEIZ, score_pairs
+from brain_go_brrr.scoring import SEIZ, latency_summary, onset_latencies, score_pairs
 from brain_go_brrr.synth import synth_tusz
 from brain_go_brrr.tusz import discover, read_annotation
 
@@ -38,7 +40,8 @@ def test_a_refused_eval_recording_is_scored_with_every_seizure_missed(corpus, tm
     processed = score_pairs(split.pairs(perfect, processed_only=True), ['ovlp'])
     missed = len(seizures_of(split, damaged.bname))
     assert every['ovlp']['targets'] == processed['ovlp']['targets'] + missed and every['ovlp']['misses'] == missed
-    assert every['szcore_event']['hits'] == every['szcore_event']['targets'] - missed
+    szcore = every['szcore_event']['cumulated']
+    assert szcore['hits'] == szcore['targets'] - missed
     assert every['ovlp']['total_duration_s'] == pytest.approx(sum(r.duration for r in split.refs.values()))
 
 
@@ -86,9 +89,81 @@ def test_bootstrap_is_fixed_by_its_seed(corpus):
     assert a == bootstrap_ci(subjects, counts, n_resamples=300, seed=7)
     assert a != bootstrap_ci(subjects, counts, n_resamples=300, seed=8)
     assert (a['n_resamples'], a['seed'], a['subjects']) == (300, 7, len(set(subjects)))
-    scored = score_pairs(split.pairs(hyps), CI_SCORERS)
-    for name in CI_SCORERS:
-        for figure in ('sensitivity', 'fa_per_24h'):
-            ci = a[name][figure]
-            assert ci['value'] == pytest.approx(scored[name][figure]) and ci['low'] <= ci['value'] <= ci['high']
+    scored = both_ways(score_pairs(split.pairs(hyps), CI_SCORERS))  # SzCORE's cumulated and per-subject figures
+    assert set(scored) == set(both_ways(a)) - {'auroc', 'seizure_free', 'n_resamples', 'seed', 'level', 'subjects'}
+    for name, figures in scored.items():
+        for figure in ('sensitivity', 'precision', 'f1', 'seiz_fa_per_24h'):
+            ci = both_ways(a)[name][figure]
+            assert ci['value'] == pytest.approx(figures[figure]) and ci['low'] <= ci['value'] <= ci['high'], name
     assert a['ovlp']['sensitivity']['low'] < a['ovlp']['sensitivity']['high']  # subjects differ: the interval is wide
+
+
+def some_detected(split, p_hit: float, p_false: float, seed: int) -> dict:
+    "Hypotheses that find each seizure with probability `p_hit` and add a 4-s false alarm with probability `p_false`."
+    rng = np.random.default_rng(seed)
+    hyps = {t: [e for e in seizures_of(split, t) if rng.uniform() < p_hit] for t in split.refs}
+    return {t: ([(1.0, 5.0, SEIZ)] if rng.uniform() < p_false else []) + events for t, events in hyps.items()}
+
+
+def test_false_alarms_per_hour_on_seizure_free_recordings(corpus):
+    split = split_recordings(discover(corpus))
+    hyps = some_detected(split, 0.6, 0.5, 0)
+    free = [t for t in split.refs if not seizures_of(split, t)]
+    assert 0 < len(free) < len(split.refs)
+    ci = bootstrap_ci([split.subjects[t] for t in split.refs], recording_counts(split.pairs(hyps)), n_resamples=200)
+    hours = sum(split.refs[t].duration for t in free) / 3600
+    assert ci['seizure_free'] == dict(recordings=len(free), hours=pytest.approx(hours))
+    false_alarms = sum(len(hyps[t]) for t in free)  # on a recording without seizure every event is a false alarm
+    assert false_alarms > 0
+    assert ci['ovlp'][SEIZURE_FREE_FA]['value'] == pytest.approx(false_alarms / hours)
+    assert ci['ovlp'][SEIZURE_FREE_FA]['low'] < ci['ovlp'][SEIZURE_FREE_FA]['high']
+
+
+def test_paired_bootstrap_of_a_model_against_itself_is_exactly_zero(corpus):
+    split = split_recordings(discover(corpus))
+    counts = recording_counts(split.pairs(some_detected(split, 0.6, 0.3, 1)))
+    subjects = [split.subjects[t] for t in split.refs]
+    diff = both_ways(paired_bootstrap(subjects, counts, counts, n_resamples=300, seed=2))
+    scorers = [n for n in diff if n not in ('n_resamples', 'seed', 'level', 'subjects')]
+    assert len(scorers) == len(CI_SCORERS) + 2  # SzCORE's two both ways
+    for name in scorers:
+        for figure, d in diff[name].items():
+            assert (d['value'], d['low'], d['high']) == (0.0, 0.0, 0.0), (name, figure, d)
+
+
+def test_paired_bootstrap_finds_a_clearly_better_model(corpus):
+    split = split_recordings(discover(corpus))
+    subjects = [split.subjects[t] for t in split.refs]
+    perfect = recording_counts(split.pairs({t: seizures_of(split, t) for t in split.refs}))
+    weaker = recording_counts(split.pairs(some_detected(split, 0.3, 0.5, 3)))
+    diff = paired_bootstrap(subjects, perfect, weaker, n_resamples=500, seed=4)
+    alone = [bootstrap_ci(subjects, c, n_resamples=500, seed=4)['ovlp']['sensitivity'] for c in (perfect, weaker)]
+    sens, fa = diff['ovlp']['sensitivity'], diff['ovlp']['seiz_fa_per_24h']
+    assert diff['szcore_event']['per_subject']['f1']['low'] > 0  # the leaderboard's figure too
+    assert sens['value'] == pytest.approx(alone[0]['value'] - alone[1]['value'])
+    assert 0 < sens['low'] <= sens['value'] <= sens['high']  # the interval of the difference excludes 0
+    assert fa['high'] < 0  # the perfect model has no false alarm
+    # the same draws for both: the perfect model's sensitivity is 1 in every resample, so the difference's interval is
+    # the weaker model's interval mirrored
+    assert (sens['low'], sens['high']) == pytest.approx((1 - alone[1]['high'], 1 - alone[1]['low']))
+    with pytest.raises(ValueError, match='same'):
+        paired_bootstrap(subjects, perfect, {n: c[:-1] for n, c in weaker.items()})
+
+
+def test_latency_intervals_hold_the_split_s_summary_and_resample_whole_subjects(corpus):
+    split = split_recordings(discover(corpus))
+    rng = np.random.default_rng(5)  # each seizure found with a delay of -5 to 40 s, or missed
+    hyps = {t: [(min(a + rng.uniform(-5, 40), b - 0.5), b, SEIZ) for a, b, _ in seizures_of(split, t)
+                if rng.uniform() < 0.8] for t in split.refs}
+    rows = onset_latencies(split.pairs(hyps))
+    ci = latency_ci(rows, split.subjects, n_resamples=300, seed=1)
+    summary = latency_summary(rows)
+    assert (ci['seizures'], ci['detected']) == (summary['seizures'], summary['detected']) and 0 < ci['detected']
+    for figure in LATENCY_FIGURES:
+        assert ci[figure]['value'] == pytest.approx(summary[figure])
+        assert ci[figure]['low'] <= ci[figure]['value'] <= ci[figure]['high'], figure
+    # one subject's seizures alone: every resample holds only them, so the interval collapses onto the value
+    one = next(s for s in split.subjects.values() if any(r['subject'] == s and r['latency_s'] for r in rows))
+    mine = [r for r in rows if r['subject'] == one]
+    alone = latency_ci(mine, {t: s for t, s in split.subjects.items() if s == one}, n_resamples=50)
+    assert alone['median_s']['low'] == alone['median_s']['value'] == alone['median_s']['high']

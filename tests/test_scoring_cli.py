@@ -7,7 +7,8 @@ import pytest
 from brain_go_brrr.scoring import score_cli
 
 DEMO = Path(__file__).parent / 'data' / 'nedc_parity' / 'demo'
-KEYS = {'targets', 'hits', 'misses', 'false_alarms', 'sensitivity', 'precision', 'f1', 'fa_per_24h'}
+KEYS = {'targets', 'hits', 'misses', 'false_alarms', 'sensitivity', 'precision', 'f1', 'seiz_fa_per_24h',
+        'total_false_alarms', 'total_fa_per_24h'}
 
 
 def run_score(*args):
@@ -26,6 +27,7 @@ def test_json_output_has_every_scorer_and_figure(tmp_path):
     expected = json.loads((DEMO / 'expected.json').read_text())
     assert round(results['ovlp']['sensitivity'], 6) == round(expected['ovlp']['sensitivity'], 6)
     assert 0 <= results['taes']['precision'] <= 1  # fractions, not percent
+    assert 'fa_per_24h' not in results['taes']  # named for what it is: seiz_ or total_
 
 
 def test_table_on_stdout_without_json():
