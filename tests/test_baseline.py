@@ -103,3 +103,9 @@ def test_evaluate_scores_released_weights_from_the_edf(released, corpus, tmp_pat
     result = json.loads((tmp_path / 'evaluate_released' / 'eval_metrics.json').read_text())
     assert result['recordings']['processed'] == result['recordings']['scored'] > 0
     assert 0 <= result['sample_auroc'] <= 1 and result['post']['smooth_s'] == RELEASED_SWEEP_POST['smooth_s']
+    # the published point, made as detect makes released weights' events (the authors' steps at 256 Hz), beside dev's
+    published = result['published_point']
+    assert published['source'] == PUBLISHED_POINT
+    for scorer in ('ovlp', 'taes'):
+        assert published['figures'][scorer]['threshold'] == RELEASED_POST['threshold']
+        assert 0 <= published['figures'][scorer]['sensitivity'] <= 1
