@@ -5,6 +5,7 @@
 # %% ../nbs/api/11_eegpt.ipynb #9a62ced9
 from __future__ import annotations
 import copy, io, logging, math, os, pickle, pickletools, types, zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -22,11 +23,11 @@ __all__ = ['log', 'EEGPT_VOCABULARY', 'CHANNEL_DICT', 'PRETRAINED_CHANNELS', 'EE
            'PRETRAINING_PREFIXES', 'ONE_CYCLE_LR', 'ANNEALING_FUNCTIONS', 'OneCycleLRRecord', 'ADAMW',
            'LIGHTNING_STAND_INS', 'WEIGHTS_ONLY_READER', 'FINETUNE_CHANNELS', 'OFFICIAL_TUAB_INPUTS',
            'FINETUNE_PROTOCOLS', 'eegpt_channel', 'eegpt_channel_ids', 'EEGPTConfig', 'PatchEmbed', 'Attention', 'Mlp',
-           'Block', 'EEGPTEncoder', 'n_params', 'InertRecord', 'inert_record', 'read_state_dict', 'encoder_state_dict',
-           'load_eegpt', 'save_released_layout', 'random_checkpoint', 'save_lightning_layout', 'NormalizedEEGPT',
-           'create_normalized_eegpt', 'LinearProbe', 'balanced_accuracy', 'auroc', 'accuracy', 'FinetuneRecipe',
-           'renorm_', 'ChannelMix', 'EEGPTFinetune', 'encoder_layer', 'layer_decay_groups', 'warmup_cosine',
-           'finetune_optimizer', 'train_step']
+           'Block', 'EEGPTEncoder', 'n_params', 'InertRecord', 'inert_record', 'only_safe_globals', 'read_state_dict',
+           'encoder_state_dict', 'load_eegpt', 'save_released_layout', 'random_checkpoint', 'save_lightning_layout',
+           'NormalizedEEGPT', 'create_normalized_eegpt', 'LinearProbe', 'balanced_accuracy', 'auroc', 'accuracy',
+           'FinetuneRecipe', 'renorm_', 'ChannelMix', 'EEGPTFinetune', 'encoder_layer', 'layer_decay_groups',
+           'warmup_cosine', 'finetune_optimizer', 'train_step']
 
 # %% ../nbs/api/11_eegpt.ipynb #5d1aa060
 EEGPT_VOCABULARY = (
@@ -287,6 +288,21 @@ class _WeightsOnlyUnpickler(torch._weights_only_unpickler.Unpickler):
 WEIGHTS_ONLY_READER = types.ModuleType('weights_only_reader')  # what torch.load takes as pickle_module
 WEIGHTS_ONLY_READER.Unpickler = _WeightsOnlyUnpickler
 
+# %% ../nbs/api/11_eegpt.ipynb #0b2b2efe
+@contextmanager
+def only_safe_globals(stand_ins):
+    """torch's user allowlist of globals is `stand_ins` alone while a file is read, then what it was. Other libraries
+    widen it when imported (torch_geometric adds `collections.defaultdict`, the real one, among 32 others): beside
+    them, which of two entries for one name torch uses depends on a set's order."""
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        torch.serialization.add_safe_globals(stand_ins)
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+
 # %% ../nbs/api/11_eegpt.ipynb #ae2d3055
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     "The tensors of a checkpoint (a Lightning `.ckpt`'s `state_dict`, or a bare state dict), read `weights_only`."
@@ -294,7 +310,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     if not path.is_file(): raise FileNotFoundError(f'{path}: no checkpoint there (the released file is '
                                                    f'eegpt_mcae_58chs_4s_large4E.ckpt)')
     try:
-        with torch.serialization.safe_globals(LIGHTNING_STAND_INS):
+        with only_safe_globals(LIGHTNING_STAND_INS):
             # a zip (torch >= 1.6) through the weights-only unpickler that reads recursive reductions; an older file
             # through torch's own weights-only path
             obj = (torch.load(path, map_location='cpu', weights_only=False, pickle_module=WEIGHTS_ONLY_READER)

@@ -13,7 +13,8 @@ from brain_go_brrr.eegpt import (ANNEALING_FUNCTIONS, EEGPT_SIZES, EEGPT_VOCABUL
                                  FINETUNE_PROTOCOLS, LIGHTNING_STAND_INS, OFFICIAL_TUAB_INPUTS, ONE_CYCLE_LR,
                                  WEIGHTS_ONLY_READER, CheckpointError, EEGPTConfig, EEGPTEncoder, EEGPTFinetune,
                                  FinetuneRecipe, InertRecord, accuracy, eegpt_channel_ids, finetune_optimizer,
-                                 layer_decay_groups, load_eegpt, save_lightning_layout, train_step, warmup_cosine)
+                                 layer_decay_groups, load_eegpt, only_safe_globals, save_lightning_layout, train_step,
+                                 warmup_cosine)
 from brain_go_brrr.signal import channel_names
 from brain_go_brrr.tuab import TuabWindows, build_tuab_cache
 
@@ -59,9 +60,30 @@ def test_the_released_lightning_checkpoint_loads_as_it_is_with_nothing_of_the_tr
     for (k, a), (_, b) in zip(enc.state_dict().items(), back.state_dict().items()): assert torch.equal(a, b), k
 
 
+@pytest.mark.parametrize('order', ['registered before', 'registered after'])
+def test_a_library_s_safe_globals_do_not_change_what_the_file_reads_as(released_like, order):
+    """torch_geometric registers the real `collections.defaultdict` as a safe global on import; with it beside the
+    stand-in, torch took whichever a set's order gave (nbdev_test failed when torch_geometric came first in a worker).
+    Both orders of registration load, and the user allowlist is restored after."""
+    import collections
+    import torch_geometric  # noqa: F401
+    enc, path = released_like
+    before = torch.serialization.get_safe_globals()
+    try:
+        torch.serialization.clear_safe_globals()
+        real = [collections.defaultdict, *before]
+        torch.serialization.add_safe_globals(real if order == 'registered before' else real[::-1])
+        back = load_eegpt(path, SMALL)
+        assert collections.defaultdict in torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+    for (k, a), (_, b) in zip(enc.state_dict().items(), back.state_dict().items()): assert torch.equal(a, b), k
+
+
 def test_the_training_objects_are_records_and_anneal_func_its_name(released_like):
     _, path = released_like
-    with torch.serialization.safe_globals(LIGHTNING_STAND_INS):
+    with only_safe_globals(LIGHTNING_STAND_INS):
         raw = torch.load(path, map_location='cpu', weights_only=False, pickle_module=WEIGHTS_ONLY_READER)
     assert raw['lr_schedulers'][0]['anneal_func'] == 'torch.optim.lr_scheduler.OneCycleLR._annealing_cos'
     assert raw['lr_schedulers'][0]['total_steps'] == 10 and raw['epoch'] == 199
