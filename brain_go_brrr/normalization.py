@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 from . import __version__
 from .cli import positive_int
+from .runs import atomic_write
 from .signal import window_starts
 
 # %% ../nbs/api/05_normalization.ipynb #79c2a136
@@ -129,13 +130,10 @@ class NormStats:
                 'std': self.std.tolist(), 'n_samples': self.n_samples, 'provenance': self.provenance}
 
     def save(self, path) -> Path:
-        "Write the JSON file atomically (temp file + rename)."
+        "Write the JSON file atomically (temp file + rename); a failed write names the file and leaves nothing."
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + '.tmp')
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + '\n')
-        tmp.replace(path)
-        return path
+        return atomic_write(path, lambda f: f.write((json.dumps(self.to_dict(), indent=1) + '\n').encode()))
 
     @classmethod
     def load(cls, path) -> 'NormStats':

@@ -1,0 +1,80 @@
+"""Issue #26: when the machine fails, not the data. A full disk, an unwritable folder, read-only storage and
+symlinked folders are met loudly and early, never as a smaller corpus."""
+import json, os, resource, signal, subprocess, sys
+from contextlib import contextmanager
+from pathlib import Path
+import numpy as np
+import pytest
+
+from brain_go_brrr.cache import build_cache, open_cache
+from brain_go_brrr.normalization import NormStats
+
+CLI = [sys.executable, '-m', 'brain_go_brrr']
+
+# what `ulimit -f` does, with SIGXFSZ ignored so that a write past the limit returns EFBIG instead of killing
+LIMITED = ('import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); '
+           'resource.setrlimit(resource.RLIMIT_FSIZE, ({0}, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); '
+           'from brain_go_brrr.cli import main; sys.exit(main(sys.argv[1:]))')
+
+
+def run_limited(limit: int, *args):
+    "The command line with every file it writes limited to `limit` bytes."
+    return subprocess.run([sys.executable, '-c', LIMITED.format(limit), *map(str, args)], capture_output=True,
+                          text=True, timeout=600)
+
+
+@contextmanager
+def file_size_limit(n: int):
+    "This process's files limited to `n` bytes while inside (the soft limit only, so it can be raised back)."
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n, hard))
+    try: yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def temporaries(folder: Path) -> list[Path]: return [p for p in folder.rglob('*') if '.tmp' in p.name]
+
+
+# 1. a full disk stops the build, naming the file; it never becomes a smaller corpus
+def test_a_full_disk_stops_the_cache_build_instead_of_skipping_recordings(tmp_path, write_edf):
+    root, cache = tmp_path / 'tusz', tmp_path / 'cache'
+    for i in range(3): write_edf(root, 'train', f'subj{i:04d}', seed=i, seconds=60, seizure=(10.0, 20.0))
+    r = run_limited(200_000, 'build-cache', '--data-dir', root, '--cache-dir', cache)  # a signal array is 1.2 MB
+    assert r.returncode == 1, r.stderr
+    line = next(l for l in r.stderr.splitlines() if l.startswith('build-cache: '))
+    assert 'Traceback' not in r.stderr and '.signal.npy: cannot write' in line, r.stderr
+    assert 'run it again' in line, line
+    assert 'skipped' not in r.stderr  # the recording is not to blame
+    assert temporaries(cache) == []
+    assert list((cache / 'failed').glob('*.json')) == []  # nothing recorded as a bad recording
+    assert list((cache / 'recordings').glob('*.npy')) == []  # no array without its entry
+    # with the space back, the build completes
+    assert build_cache(root, cache, 'train', progress=False)['recordings'] == 3
+
+
+def test_a_bad_recording_is_still_skipped_and_recorded(tmp_path, write_edf):
+    root, cache = tmp_path / 'tusz', tmp_path / 'cache'
+    write_edf(root, 'train', 'goodgood', seed=1, seconds=60, seizure=(10.0, 20.0))
+    write_edf(root, 'train', 'nocsvbii', seed=2, seconds=60, annotation=False)
+    scan = build_cache(root, cache, 'train', progress=False)
+    assert (scan['recordings'], scan['failed']) == (1, 1)
+
+
+def test_a_full_disk_while_saving_statistics_names_the_file_and_leaves_nothing(tmp_path):
+    stats = NormStats(np.zeros(19), np.ones(19), 'uV', [f'c{i}' for i in range(19)], 10, {'corpus': 'x' * 4000})
+    with file_size_limit(1000), pytest.raises(OSError, match=r'stats\.json: cannot write .*File too large'):
+        stats.save(tmp_path / 'stats.json')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_writing_a_runs_files_names_the_file_and_leaves_nothing(tmp_path):
+    from brain_go_brrr.params import load_params
+    from brain_go_brrr.reporting import write_run
+    p = load_params(None, output_dir=str(tmp_path), run_name='r')
+    p.run_dir.mkdir()
+    with file_size_limit(100), pytest.raises(OSError, match=r'params\.yaml: cannot write .*File too large'):
+        write_run(p, {'history': list(range(1000))})
+    assert list(p.run_dir.iterdir()) == []
