@@ -28,7 +28,7 @@ from .model import build_detector
 from .checkpoints import load_checkpoint, save_checkpoint
 from .detect import STEP, clipping, dev_metrics, predict_cache, resolve_device
 from .reporting import flat_keys, log_scalars, tensorboard_writer, write_run
-from .runs import cache_dir_of, data_dir_of
+from .runs import cache_dir_of, check_writable, data_dir_of
 
 log = logging.getLogger('brain_go_brrr')
 
@@ -495,7 +495,7 @@ def train(p: TrainParams) -> dict:
     # a damaged checkpoint or changed parameters are refused before any work
     saved = load_checkpoint(last) if p.resume and last.exists() else None
     changes = resume_changes(saved['params'], p, str(last)) if saved else {}
-    if rank == 0: p.run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0: check_writable(p.run_dir)  # a read-only or full run folder is found before any work
     seed_everything(p.seed)
     checks = preflight(p, rank)
 

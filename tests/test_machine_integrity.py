@@ -78,3 +78,36 @@ def test_a_full_disk_while_writing_a_runs_files_names_the_file_and_leaves_nothin
     with file_size_limit(100), pytest.raises(OSError, match=r'params\.yaml: cannot write .*File too large'):
         write_run(p, {'history': list(range(1000))})
     assert list(p.run_dir.iterdir()) == []
+
+
+def without_root_override():
+    "Subprocess start-up: permission bits bind even root (CAP_DAC_OVERRIDE leaves the bounding set before exec)."
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(24, 1, 0, 0, 0)  # PR_CAPBSET_DROP; fails harmlessly for a normal user
+
+
+def run_without_override(*args):
+    return subprocess.run(CLI + list(map(str, args)), capture_output=True, text=True, timeout=600,
+                          preexec_fn=without_root_override)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    "A read-only folder (made writable again afterwards, so pytest can remove it)."
+    d = tmp_path / 'read_only'
+    d.mkdir()
+    yield d
+    for p in (d, *d.rglob('*')):
+        if p.is_dir() and not p.is_symlink(): p.chmod(0o755)
+
+
+# 2. an unwritable output folder is found before any work
+def test_a_read_only_run_folder_stops_training_before_any_work(tmp_path, read_only):
+    cache = tmp_path / 'cache'
+    (read_only / 'r').mkdir()
+    read_only.chmod(0o555), (read_only / 'r').chmod(0o555)
+    r = run_without_override('train', '-p', f'output_dir={read_only}', '-p', 'run_name=r', '-p', f'cache_dir={cache}',
+                             '-p', f'data_dir={tmp_path / "corpus"}')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert f'{read_only / "r"}: cannot write (Permission denied)' in r.stderr, r.stderr
+    assert not cache.exists()  # no cache built, no epoch trained
