@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from . import __version__
 from .cli import positive_float, positive_int
-from .runs import WriteError, atomic_write, write_error
+from .runs import WriteError, atomic_write, check_writable, write_error
 from .tusz import discover, read_annotation, label_mask, EdfFile, AnnotationError, check_annotation_matches
 from .signal import read_eeg, preprocess, channel_names, window_starts, window_classes, SignalError
 
@@ -249,13 +249,14 @@ def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
 def cache_recording(f, cache_dir, config: dict, load=load_tusz) -> tuple[str, str]:
     """Preprocess one file with `load` into the cache; returns (bname, '') or (bname, why it failed).
     A failure to write into the cache raises `WriteError`: it stops the build instead of skipping the recording."""
+    source_id = None
     try:
         try:
             source_id = source_identity(f)  # before reading: an edit during the build makes the next build redo it
             x, labels, meta = load(f, config)
         except Exception as e:  # corrupt input is recorded and skipped, never fatal to a build
             reason = str(e) if isinstance(e, (SignalError, AnnotationError)) else f'{f.path}: {type(e).__name__}: {e}'
-            write_failure(cache_dir, f.bname, f.path, reason, config=config)
+            write_failure(cache_dir, f.bname, f.path, reason, config=config, source_id=source_id)
             return f.bname, reason
         write_recording(cache_dir, f.bname, x, labels, f.subject, source=str(f.path), source_id=source_id,
                         config=config, **meta)
@@ -307,6 +308,26 @@ def _tokens(root: Path) -> set[str]:
     arrays = {p.name.rsplit('.', 2)[0] for p in (root / 'recordings').glob('*.npy')}
     return set(_entries(root)) | set(_entries(root, 'failed')) | arrays
 
+# %% ../nbs/api/04_cache.ipynb #5c470681
+def _to_cache(files, cache: Cache, verify: bool = False) -> list:
+    "The files a build must (re)cache: those neither cached nor failed from their present source with these settings."
+    by_name = {f.bname: f for f in files}
+    def same_source(token, source, source_id) -> bool:
+        return token in by_name and source == str(by_name[token].path) and source_id == source_identity(by_name[token])
+    cached = {r.token for r in cache.recordings
+              if same_source(r.token, r.source, r.source_id) and not entry_problems(cache, r, verify)}
+    failed = {e.get('token') for e in cache.failures if e.get('config') == cache.config  # the version too
+              and same_source(e.get('token'), e.get('source'), e.get('source_id'))}
+    return [f for f in files if f.bname not in cached | failed]
+
+# %% ../nbs/api/04_cache.ipynb #88b5ab49
+def _up_to_date(files, cache_dir: Path, config: dict, verify: bool = False) -> bool:
+    "A build would write nothing: these settings, every file cached or failed from its present source, nothing else."
+    try: cache = open_cache(cache_dir)
+    except FileNotFoundError: return False
+    return (not _settings_diff(cache.config, config) and _tokens(cache_dir) == {f.bname for f in files}
+            and not any(cache_dir.glob('*/.*.tmp')) and not _to_cache(files, cache, verify))
+
 # %% ../nbs/api/04_cache.ipynb #aadd91d0
 class _InProcess:
     "A one-worker pool without processes: easier to debug, nothing to pickle."
@@ -322,14 +343,14 @@ def cache_files(files, cache_dir, config: dict, load=load_tusz, workers: int = 1
     Every corpus's build runs here."""
     cache_dir = Path(cache_dir)
     _check_one_file_per_name(files)
+    if _up_to_date(files, cache_dir, config, verify): return  # read without the lock: read-only storage will do
+    check_writable(cache_dir)  # a read-only or full cache folder is found before the first recording is read
     with cache_lock(cache_dir):
         write_cache_config(cache_dir, config)
         _remove_temporaries(cache_dir)
         by_name, cache = {f.bname: f for f in files}, open_cache(cache_dir)
         for token in _tokens(cache_dir) - set(by_name): drop_recording(cache_dir, token)  # deleted, or in another split
-        ok = {r.token for r in cache.recordings if r.token in by_name and r.source == str(by_name[r.token].path)
-              and r.source_id == source_identity(by_name[r.token]) and not entry_problems(cache, r, verify)}
-        todo = [f for f in files if f.bname not in ok]
+        todo = _to_cache(files, cache, verify)
         with tqdm(total=len(files), initial=len(files) - len(todo), desc=f'cache {config["corpus"]}/{config["split"]}',
                   unit='rec', disable=not progress) as bar, (
              ProcessPoolExecutor(workers, initializer=_die_with, initargs=(os.getpid(),)) if workers > 1

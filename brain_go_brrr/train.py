@@ -34,10 +34,10 @@ log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
 __all__ = ['log', 'NO_DECAY_MODULES', 'COUNTERS', 'RESUME_MAY_CHANGE', 'NONFINITE_BATCHES_KEPT', 'setup_distributed', 'barrier',
-           'rank0_decides', 'stats_of_training_cache', 'Preflight', 'preflight', 'param_groups', 'warmup_cosine',
-           'seizure_loss', 'loss_of', 'dev_loss', 'sanitize_gradients', 'NanDebugger', 'clip_input', 'Step',
-           'train_step', 'Optimisation', 'dev_probabilities', 'TrainState', 'rng_state', 'set_rng_state', 'unwrap',
-           'checkpoint_of', 'resume_changes', 'resume', 'checkpoint_due', 'batches_after', 'windows_of_batch',
+           'rank0_decides', 'stats_are_current', 'stats_of_training_cache', 'Preflight', 'preflight', 'param_groups',
+           'warmup_cosine', 'seizure_loss', 'loss_of', 'dev_loss', 'sanitize_gradients', 'NanDebugger', 'clip_input',
+           'Step', 'train_step', 'Optimisation', 'dev_probabilities', 'TrainState', 'rng_state', 'set_rng_state',
+           'unwrap', 'checkpoint_of', 'resume_changes', 'resume', 'checkpoint_due', 'batches_after', 'windows_of_batch',
            'save_nonfinite_batch', 'seed_everything', 'edges_clamped', 'monitored', 'TrainingDiverged', 'diagnosis',
            'final_metrics', 'train', 'override_of', 'train_cli']
 
@@ -63,13 +63,18 @@ def rank0_decides(flag: bool, world: int) -> bool:
     return box[0]
 
 # %% ../nbs/api/08_train.ipynb #5a8ab106
+def stats_are_current(path: Path) -> bool:
+    "The statistics file at `path` exists and describes the cache beside it as it is now."
+    if not path.exists(): return False
+    return NormStats.load(path).provenance.get('cache_fingerprint') == open_cache(path.parent).fingerprint
+
+# %% ../nbs/api/08_train.ipynb #f8bd6ce4
 def stats_of_training_cache(p: TrainParams) -> NormStats:
-    "Statistics of the training cache, computed once and kept beside it."
+    "Statistics of the training cache, computed once and kept beside it; the lock only to (re)compute them."
     path = cache_dir_of(p, 'train') / STATS_FILE
-    with cache_lock(path.parent):
-        cache = open_cache(path.parent)  # statistics of an older state of the cache are recomputed
-        if not path.exists() or NormStats.load(path).provenance.get('cache_fingerprint') != cache.fingerprint:
-            compute_norm_stats(cache).save(path)
+    if not stats_are_current(path):  # current statistics are read without the lock: read-only storage will do
+        with cache_lock(path.parent):
+            if not stats_are_current(path): compute_norm_stats(open_cache(path.parent)).save(path)
     return NormStats.load(path)
 
 # %% ../nbs/api/08_train.ipynb #218e2789

@@ -1,6 +1,6 @@
 """Issue #26: when the machine fails, not the data. A full disk, an unwritable folder, read-only storage and
 symlinked folders are met loudly and early, never as a smaller corpus."""
-import json, os, resource, signal, subprocess, sys
+import json, os, re, resource, signal, subprocess, sys
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -111,3 +111,38 @@ def test_a_read_only_run_folder_stops_training_before_any_work(tmp_path, read_on
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
     assert f'{read_only / "r"}: cannot write (Permission denied)' in r.stderr, r.stderr
     assert not cache.exists()  # no cache built, no epoch trained
+
+
+# 3. a complete cache is read from read-only storage: the lock only when writing
+def _make_read_only(folder: Path) -> None:
+    for p in (folder, *folder.rglob('*')): p.chmod(0o555 if p.is_dir() else 0o444)
+
+
+def test_a_complete_cache_on_read_only_storage_is_trained_from(tmp_path, write_edf, read_only):
+    from conftest import tiny
+    from brain_go_brrr.train import preflight
+    root, cache = tmp_path / 'tusz', read_only / 'cache'
+    for i, split in enumerate(('train', 'train', 'dev')): write_edf(root, split, f'subj{i:04d}', seed=i)
+    write_edf(root, 'train', 'badbadba', seed=9, annotation=False)  # a failure is part of a complete cache
+    corpus = dict(data_dir=str(root), cache_dir=str(cache))
+    preflight(tiny(corpus, tmp_path / 'out'))  # builds both caches and the training statistics
+    _make_read_only(read_only)
+    r = run_without_override('build-cache', '--data-dir', root, '--cache-dir', cache / 'train')
+    assert r.returncode == 0 and re.search(r'failed +1\n', r.stdout), r.stderr
+    script = ('import sys; sys.path.insert(0, "tests"); from conftest import tiny; from brain_go_brrr.train import '
+              f'preflight; print(preflight(tiny({corpus!r}, {str(tmp_path / "out")!r})).audit.verdict)')
+    r = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=600,
+                       preexec_fn=without_root_override)
+    assert r.returncode == 0 and r.stdout.split()[-1] == 'ok', r.stderr
+
+
+def test_an_incomplete_cache_on_read_only_storage_is_refused_before_any_work(tmp_path, write_edf, read_only):
+    root, cache = tmp_path / 'tusz', read_only / 'cache'
+    write_edf(root, 'train', 'subj0000', seed=0)
+    build_cache(root, cache, 'train', progress=False)
+    write_edf(root, 'train', 'subj0001', seed=1)  # new since the build
+    _make_read_only(read_only)
+    r = run_without_override('build-cache', '--data-dir', root, '--cache-dir', cache)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert f'build-cache: {cache}: cannot write (Permission denied)' in r.stderr, r.stderr
+
