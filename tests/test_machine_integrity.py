@@ -146,3 +146,30 @@ def test_an_incomplete_cache_on_read_only_storage_is_refused_before_any_work(tmp
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
     assert f'build-cache: {cache}: cannot write (Permission denied)' in r.stderr, r.stderr
 
+
+# 4. corpus walks follow symlinked folders, each real folder once
+def test_a_symlinked_subject_folder_is_discovered_and_cached(tmp_path, write_edf):
+    from brain_go_brrr.tusz import discover
+    root, elsewhere = tmp_path / 'tusz', tmp_path / 'shared'
+    write_edf(root, 'train', 'here0000', seed=1)
+    write_edf(elsewhere, 'train', 'there000', seed=2)
+    (root / 'edf' / 'train' / 'there000').symlink_to(elsewhere / 'edf' / 'train' / 'there000')
+    assert [f.subject for f in discover(root, 'train')] == ['here0000', 'there000']
+    assert build_cache(root, tmp_path / 'cache', 'train', progress=False)['recordings'] == 2
+
+
+def test_check_splits_follows_a_symlinked_split(tmp_path, write_edf):
+    root, elsewhere = tmp_path / 'tusz', tmp_path / 'shared'
+    write_edf(root, 'dev', 'leakleak', seed=1)
+    write_edf(elsewhere, 'train', 'leakleak', token='t001', seed=2)
+    (root / 'edf' / 'train').symlink_to(elsewhere / 'edf' / 'train', target_is_directory=True)
+    r = subprocess.run(CLI + ['check-splits', '--data-dir', str(root)], capture_output=True, text=True)
+    assert r.returncode == 1 and 'leakleak: found in dev, train' in r.stdout, (r.stdout, r.stderr)
+
+
+def test_a_symlink_loop_is_walked_once(tmp_path, write_edf):
+    from brain_go_brrr.tusz import discover
+    root = tmp_path / 'tusz'
+    edf = write_edf(root, 'train', 'looploop', seed=1)
+    (edf.parent / 'again').symlink_to(root / 'edf', target_is_directory=True)  # a link to an ancestor
+    assert [f.path for f in discover(root)] == [edf]
