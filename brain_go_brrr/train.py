@@ -15,10 +15,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from .params import TrainParams, load_params
+from .params import ParamsError, TrainParams, load_params, parse_yaml, shortened
 from .tusz import check_splits
 from .cache import (STATS_FILE, build_cache, cache_lock, check_cache_splits, open_cache, scan_cache,
                                  format_scan, verify_cache)
@@ -585,10 +584,11 @@ def train(p: TrainParams) -> dict:
 
 # %% ../nbs/api/08_train.ipynb #8362bb26
 def override_of(kv: str) -> tuple[str, object]:
-    "`key=value` with a YAML value; an empty value stays '' (an unset shell variable), for the schema to refuse."
+    """`key=value` with a YAML value, parsed with a parameter file's limits; malformed, a one-line `ParamsError`.
+    An empty value stays '' (an unset shell variable), for the schema to refuse."""
     k, eq, v = kv.partition('=')
-    if not eq or not k: raise ValueError(f'-p {kv}: use -p KEY=VALUE, e.g. -p lr=0.001')
-    return k, yaml.safe_load(v) if v.strip() else v
+    if not eq or not k: raise ParamsError([f'-p {shortened(kv)}: use -p KEY=VALUE, e.g. -p lr=0.001'])
+    return k, parse_yaml(v, f'-p {shortened(k)}') if v.strip() else v
 
 # %% ../nbs/api/08_train.ipynb #f997aa82
 def train_cli(argv: list[str] | None = None) -> int:
