@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/08_train.ipynb #c3e88589
 from __future__ import annotations
-import argparse, json, logging, math, os, random, time
+import argparse, io, json, logging, math, os, random, time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -27,7 +27,7 @@ from .model import build_detector
 from .checkpoints import load_checkpoint, save_checkpoint
 from .detect import STEP, clipping, dev_metrics, predict_cache, resolve_device
 from .reporting import flat_keys, log_scalars, tensorboard_writer, write_run
-from .runs import cache_dir_of, check_writable, data_dir_of
+from .runs import atomic_write, cache_dir_of, check_writable, data_dir_of
 
 log = logging.getLogger('brain_go_brrr')
 
@@ -431,11 +431,12 @@ def windows_of_batch(loader, dataset: BalancedSeizureDataset, b: int) -> list[tu
 
 # %% ../nbs/api/08_train.ipynb #07808255
 def save_nonfinite_batch(run_dir: Path, step: int, x, y, windows: list[tuple[str, int]], rank: int = 0) -> Path:
-    "Save the batch of non-finite step `step` as `nonfinite_batch_step<step>.pt` (`_rank<r>` beyond rank 0)."
-    path = run_dir / f'nonfinite_batch_step{step}{f"_rank{rank}" if rank else ""}.pt'
+    """Save the batch of non-finite step `step` as `nonfinite_batch_step<step>.pt` (`_rank<r>` beyond rank 0).
+    Pickled in memory first: `torch.save` meets a full disk with 'unexpected pos', `atomic_write` names the file."""
+    path, buf = run_dir / f'nonfinite_batch_step{step}{f"_rank{rank}" if rank else ""}.pt', io.BytesIO()
     torch.save(dict(step=step, x=x.cpu(), y=y.cpu(), recordings=[r for r, _ in windows],
-                    starts=[s for _, s in windows]), path)
-    return path
+                    starts=[s for _, s in windows]), buf)
+    return atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 # %% ../nbs/api/08_train.ipynb #6a5fb72f
 def seed_everything(seed: int) -> None:

@@ -173,3 +173,12 @@ def test_a_symlink_loop_is_walked_once(tmp_path, write_edf):
     edf = write_edf(root, 'train', 'looploop', seed=1)
     (edf.parent / 'again').symlink_to(root / 'edf', target_is_directory=True)  # a link to an ancestor
     assert [f.path for f in discover(root)] == [edf]
+
+
+def test_a_full_disk_while_saving_a_non_finite_batch_names_the_file_and_leaves_nothing(tmp_path):
+    import torch
+    from brain_go_brrr.train import save_nonfinite_batch
+    x, y = torch.zeros(2, 19, 1000), torch.zeros(2, 1000)
+    with file_size_limit(10_000), pytest.raises(OSError, match=r'nonfinite_batch_step3\.pt: cannot write'):
+        save_nonfinite_batch(tmp_path, 3, x, y, [('t0', 0), ('t1', 0)])
+    assert list(tmp_path.iterdir()) == []
