@@ -16,7 +16,8 @@ from . import __version__
 from .cli import positive_float, positive_int
 from .runs import WriteError, atomic_write, check_writable, write_error
 from .tusz import discover, read_annotation, label_mask, EdfFile, AnnotationError, check_annotation_matches
-from .signal import read_eeg, preprocess, channel_names, window_starts, window_classes, SignalError
+from .signal import (EegReader, check_filterable, preprocess, channel_names, window_starts, window_classes,
+                                  SignalError)
 
 # %% auto #0
 __all__ = ['CONFIG_FILE', 'LOCK_FILE', 'STATS_FILE', 'ARRAYS', 'CacheError', 'file_digest', 'source_identity',
@@ -237,11 +238,15 @@ def _check_annotation_fits(ann, n_seconds: float, path) -> None:
 # %% ../nbs/api/04_cache.ipynb #d5e2b7ec
 def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     "A TUSZ recording preprocessed as `config` says, its seizure mask, and what its manifest entry records."
-    data, sfreq_in, _ = read_eeg(f.path, config['montage'])
+    rec = EegReader(f.path, config['montage'])
+    filters = [config[k] for k in ('sfreq', 'l_freq', 'h_freq', 'notch')]
+    check_filterable(rec.n_samples, rec.sfreq, f.path, *filters)  # before the flat check: one sample is not flat
+    data, sfreq_in = rec.read(), rec.sfreq
+    rec.check_not_flat()
     ann = read_annotation(f.csv_bi)
     _check_annotation_fits(ann, data.shape[1] / sfreq_in, f.path)
     check_annotation_matches(ann, f.path, data.shape[1] / sfreq_in)  # bname, # duration, rows to the end
-    x = preprocess(data, sfreq_in, config['sfreq'], config['l_freq'], config['h_freq'], config['notch'])
+    x = preprocess(data, sfreq_in, *filters, where=f.path)
     return x, label_mask(ann.events, x.shape[1], config['sfreq']), dict(split=f.split, session=f.session,
                                                                         montage=f.montage, sfreq_in=sfreq_in)
 

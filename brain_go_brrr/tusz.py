@@ -194,7 +194,7 @@ def _text_of_whole_file(path: Path) -> str:
     if not text.strip():
         raise AnnotationError(f'{path}: empty file; an annotation has its header and column line, and a seizure-free '
                               'recording one bckg row: write the file again')
-    if '\n' not in text[len(text.rstrip()):]:
+    if not re.search(r'[\r\n]', text[len(text.rstrip()):]):  # CR alone (classic Mac) ends a line too
         lines = text.splitlines()
         raise AnnotationError(f'{path}:{len(lines)}: no newline after {lines[-1].strip()!r}: the file looks cut off '
                               'there; copy it again, or end the line if it is whole')
