@@ -49,7 +49,8 @@ def environment() -> dict:
 def write_run(p: TrainParams, metrics: dict) -> None:
     "`params.yaml`, `env.json` and `metrics.json` in `p.run_dir`, each whole or not at all (a full disk is an error)."
     files = {'params.yaml': yaml.safe_dump(p.model_dump(mode='json'), sort_keys=False),
-             'env.json': json.dumps(environment(), indent=1), 'metrics.json': json.dumps(metrics, indent=1, default=float)}
+             'env.json': json.dumps(environment(), indent=1),
+             'metrics.json': json.dumps(metrics, indent=1, default=float)}
     for name, text in files.items(): atomic_write(p.run_dir / name, lambda f, text=text: f.write(text.encode()))
 
 # %% ../nbs/api/08b_reporting.ipynb #452a7238

@@ -295,14 +295,15 @@ def filter_sections(sfreq: float, l_freq: float = 0.5, h_freq: float = 120.0, no
 # %% ../nbs/api/02_signal.ipynb #7e240ddc
 def check_filterable(n_samples: int, sfreq: float, where, sfreq_out: float = 256.0, l_freq: float = 0.5,
                      h_freq: float = 120.0, notch: float | None = 60.0) -> None:
-    "Refuse a recording of `n_samples` at `sfreq` too short for `preprocess`'s filters, with its length and the minimum."
+    "Refuse a recording of `n_samples` at `sfreq` too short for `preprocess`'s filters: its length and the minimum."
     sos = filter_sections(sfreq_out, l_freq, h_freq, notch)
     pad = 3 * (2 * len(sos) + 1 - min((sos[:, 2] == 0).sum(), (sos[:, 5] == 0).sum()))  # sosfiltfilt's default
     ratio = Fraction(sfreq_out / sfreq).limit_denominator(1000)
     if -(-n_samples * ratio.numerator // ratio.denominator) <= pad:
+        filters = f'the {l_freq:g}-{h_freq:g} Hz band-pass{f" and {notch:g} Hz notch" if notch else ""}'
         raise SignalError(f'{where}: {n_samples} samples ({n_samples / sfreq:.3g} s) at {sfreq:g} Hz are too short to '
-                          f'filter: the {l_freq:g}-{h_freq:g} Hz band-pass{f" and {notch:g} Hz notch" if notch else ""} '
-                          f'need at least {(pad + 1) / sfreq_out:.3f} s ({pad + 1} samples at {sfreq_out:g} Hz)')
+                          f'filter: {filters} need at least {(pad + 1) / sfreq_out:.3f} s ({pad + 1} samples at '
+                          f'{sfreq_out:g} Hz)')
 
 # %% ../nbs/api/02_signal.ipynb #b098a8b8
 def preprocess(data: np.ndarray, sfreq: float, sfreq_out: float = 256.0, l_freq: float = 0.5,
