@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, fcntl, hashlib, json, os, signal, sys, threading, time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +14,10 @@ import numpy as np
 from tqdm.auto import tqdm
 from . import __version__
 from .cli import positive_float, positive_int
+from .runs import WriteError, atomic_write, check_writable, write_error
 from .tusz import discover, read_annotation, label_mask, EdfFile, AnnotationError, check_annotation_matches
-from .signal import read_eeg, preprocess, channel_names, window_starts, window_classes, SignalError
+from .signal import (EegReader, check_filterable, preprocess, channel_names, window_starts, window_classes,
+                                  SignalError)
 
 # %% auto #0
 __all__ = ['CONFIG_FILE', 'LOCK_FILE', 'STATS_FILE', 'ARRAYS', 'CacheError', 'file_digest', 'source_identity',
@@ -35,16 +37,9 @@ ARRAYS = ('signal', 'labels')
 class CacheError(ValueError):
     "A cache whose files do not match its manifest, or that cannot be read."
 
-# %% ../nbs/api/04_cache.ipynb #a78bbad1
-def _atomic_write(path: Path, write) -> None:
-    "Call `write(file)` on a temporary file beside `path`, then rename it into place."
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    with open(tmp, 'wb') as f: write(f)
-    os.replace(tmp, path)
-
 # %% ../nbs/api/04_cache.ipynb #f3d6d3d7
 def _write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 # %% ../nbs/api/04_cache.ipynb #3fe4faef
 def file_digest(path, chunk: int = 1 << 20) -> str:
@@ -110,7 +105,7 @@ def write_recording(cache_dir, token: str, signal: np.ndarray, labels: np.ndarra
         raise ValueError(f'{token}: {signal.shape[-1]} samples but {len(labels)} labels')
     (rec / f'{token}.json').unlink(missing_ok=True)  # an entry never describes arrays being replaced
     arrays = dict(signal=np.ascontiguousarray(signal, np.float32), labels=np.ascontiguousarray(labels, np.uint8))
-    for kind, a in arrays.items(): _atomic_write(rec / f'{token}.{kind}.npy', lambda f, a=a: np.save(f, a))
+    for kind, a in arrays.items(): atomic_write(rec / f'{token}.{kind}.npy', lambda f, a=a: np.save(f, a))
     paths = {kind: rec / f'{token}.{kind}.npy' for kind in ARRAYS}
     files = {kind: dict(bytes=p.stat().st_size, blake2b=file_digest(p)) for kind, p in paths.items()}
     _write_json(rec / f'{token}.json', dict(token=token, subject=subject, n_samples=int(signal.shape[-1]),
@@ -245,27 +240,38 @@ def _check_annotation_fits(ann, n_seconds: float, path) -> None:
 # %% ../nbs/api/04_cache.ipynb #d5e2b7ec
 def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     "A TUSZ recording preprocessed as `config` says, its seizure mask, and what its manifest entry records."
-    data, sfreq_in, _ = read_eeg(f.path, config['montage'])
+    rec = EegReader(f.path, config['montage'])
+    filters = [config[k] for k in ('sfreq', 'l_freq', 'h_freq', 'notch')]
+    check_filterable(rec.n_samples, rec.sfreq, f.path, *filters)  # before the flat check: one sample is not flat
+    data, sfreq_in = rec.read(), rec.sfreq
+    rec.check_not_flat()
     ann = read_annotation(f.csv_bi)
     _check_annotation_fits(ann, data.shape[1] / sfreq_in, f.path)
     check_annotation_matches(ann, f.path, data.shape[1] / sfreq_in)  # bname, # duration, rows to the end
-    x = preprocess(data, sfreq_in, config['sfreq'], config['l_freq'], config['h_freq'], config['notch'])
+    x = preprocess(data, sfreq_in, *filters, where=f.path)
     return x, label_mask(ann.events, x.shape[1], config['sfreq']), dict(split=f.split, session=f.session,
                                                                         montage=f.montage, sfreq_in=sfreq_in)
 
 # %% ../nbs/api/04_cache.ipynb #865b1c63
 def cache_recording(f, cache_dir, config: dict, load=load_tusz) -> tuple[str, str]:
-    "Preprocess one file with `load` into the cache; returns (bname, '') or (bname, why it failed)."
+    """Preprocess one file with `load` into the cache; returns (bname, '') or (bname, why it failed).
+    A failure to write into the cache raises `WriteError`: it stops the build instead of skipping the recording."""
+    source_id = None
     try:
-        source_id = source_identity(f)  # before reading: an edit during the build makes the next build redo it
-        x, labels, meta = load(f, config)
+        try:
+            source_id = source_identity(f)  # before reading: an edit during the build makes the next build redo it
+            x, labels, meta = load(f, config)
+        except Exception as e:  # corrupt input is recorded and skipped, never fatal to a build
+            reason = str(e) if isinstance(e, (SignalError, AnnotationError)) else f'{f.path}: {type(e).__name__}: {e}'
+            write_failure(cache_dir, f.bname, f.path, reason, config=config, source_id=source_id)
+            return f.bname, reason
         write_recording(cache_dir, f.bname, x, labels, f.subject, source=str(f.path), source_id=source_id,
                         config=config, **meta)
         return f.bname, ''
-    except Exception as e:  # corrupt input is recorded and skipped, never fatal to a build
-        reason = str(e) if isinstance(e, (SignalError, AnnotationError)) else f'{f.path}: {type(e).__name__}: {e}'
-        write_failure(cache_dir, f.bname, f.path, reason, config=config)
-        return f.bname, reason
+    except OSError as e:
+        with suppress(OSError): drop_recording(cache_dir, f.bname)  # no array without its entry
+        raise WriteError(f'{write_error(e.filename or cache_dir, e)}; the build stopped rather than cache a smaller '
+                         'corpus: run it again to resume') from e
 
 # %% ../nbs/api/04_cache.ipynb #3a464ba6
 def _remove_temporaries(cache_dir: Path) -> None:
@@ -309,6 +315,26 @@ def _tokens(root: Path) -> set[str]:
     arrays = {p.name.rsplit('.', 2)[0] for p in (root / 'recordings').glob('*.npy')}
     return set(_entries(root)) | set(_entries(root, 'failed')) | arrays
 
+# %% ../nbs/api/04_cache.ipynb #5c470681
+def _to_cache(files, cache: Cache, verify: bool = False) -> list:
+    "The files a build must (re)cache: those neither cached nor failed from their present source with these settings."
+    by_name = {f.bname: f for f in files}
+    def same_source(token, source, source_id) -> bool:
+        return token in by_name and source == str(by_name[token].path) and source_id == source_identity(by_name[token])
+    cached = {r.token for r in cache.recordings
+              if same_source(r.token, r.source, r.source_id) and not entry_problems(cache, r, verify)}
+    failed = {e.get('token') for e in cache.failures if e.get('config') == cache.config  # the version too
+              and same_source(e.get('token'), e.get('source'), e.get('source_id'))}
+    return [f for f in files if f.bname not in cached | failed]
+
+# %% ../nbs/api/04_cache.ipynb #88b5ab49
+def _up_to_date(files, cache_dir: Path, config: dict, verify: bool = False) -> bool:
+    "A build would write nothing: these settings, every file cached or failed from its present source, nothing else."
+    try: cache = open_cache(cache_dir)
+    except FileNotFoundError: return False
+    return (not _settings_diff(cache.config, config) and _tokens(cache_dir) == {f.bname for f in files}
+            and not any(cache_dir.glob('*/.*.tmp')) and not _to_cache(files, cache, verify))
+
 # %% ../nbs/api/04_cache.ipynb #aadd91d0
 class _InProcess:
     "A one-worker pool without processes: easier to debug, nothing to pickle."
@@ -324,23 +350,22 @@ def cache_files(files, cache_dir, config: dict, load=load_tusz, workers: int = 1
     Every corpus's build runs here."""
     cache_dir = Path(cache_dir)
     _check_one_file_per_name(files)
+    if _up_to_date(files, cache_dir, config, verify): return  # read without the lock: read-only storage will do
+    check_writable(cache_dir)  # a read-only or full cache folder is found before the first recording is read
     with cache_lock(cache_dir):
         write_cache_config(cache_dir, config)
         _remove_temporaries(cache_dir)
         by_name, cache = {f.bname: f for f in files}, open_cache(cache_dir)
         for token in _tokens(cache_dir) - set(by_name): drop_recording(cache_dir, token)  # deleted, or in another split
-        ok = {r.token for r in cache.recordings if r.token in by_name and r.source == str(by_name[r.token].path)
-              and r.source_id == source_identity(by_name[r.token]) and not entry_problems(cache, r, verify)}
-        todo = [f for f in files if f.bname not in ok]
-        bar = tqdm(total=len(files), initial=len(files) - len(todo), desc=f'cache {config["corpus"]}/{config["split"]}',
-                   unit='rec', disable=not progress)
-        with (ProcessPoolExecutor(workers, initializer=_die_with, initargs=(os.getpid(),)) if workers > 1
-              else _InProcess()) as pool:
-            n = len(todo)
+        todo = _to_cache(files, cache, verify)
+        with tqdm(total=len(files), initial=len(files) - len(todo), desc=f'cache {config["corpus"]}/{config["split"]}',
+                  unit='rec', disable=not progress) as bar, (
+             ProcessPoolExecutor(workers, initializer=_die_with, initargs=(os.getpid(),)) if workers > 1
+             else _InProcess()) as pool:
+            n = len(todo)  # a WriteError stops the map: the recordings not yet started are cancelled
             for _, why in pool.map(cache_recording, todo, [cache_dir] * n, [config] * n, [load] * n):
                 bar.update()
                 if why: bar.write(f'skipped: {why}')
-        bar.close()
         if open_cache(cache_dir).fingerprint != cache.fingerprint:  # statistics of the old content would be reused
             (cache_dir / STATS_FILE).unlink(missing_ok=True)
 

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 from . import __version__
 from .cli import positive_int
+from .runs import atomic_write
 from .signal import window_starts
 
 # %% ../nbs/api/05_normalization.ipynb #79c2a136
@@ -79,6 +80,16 @@ class NoProvenanceWarning(UserWarning):
 def _regenerate_hint(cache_dir='CACHE', out='stats.json') -> str:
     return f'python -m brain_go_brrr norm-stats --cache-dir {cache_dir} --out {out}'
 
+# %% ../nbs/api/05_normalization.ipynb #819097ec
+def _numbers(value, name: str, where) -> np.ndarray:
+    "`value`, a number or a list of one number per channel, as float64; anything else an error naming the field."
+    def number(v): return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+    if isinstance(value, np.ndarray) and value.dtype.kind in 'iuf': return value.astype(np.float64)
+    if number(value) or (isinstance(value, (list, tuple)) and value and all(map(number, value))):
+        return np.asarray(value, np.float64)
+    raise ValueError(f'{where}: {name} must be a number or a list of one number per channel, got a '
+                     f'{type(value).__name__}; recreate the file with `{_regenerate_hint(out=where)}`')
+
 # %% ../nbs/api/05_normalization.ipynb #8fe55ede
 @dataclass
 class NormStats:
@@ -92,8 +103,8 @@ class NormStats:
     path: str | None = None  # where it was loaded from, for messages
 
     def __post_init__(self):
-        self.mean, self.std = np.asarray(self.mean, np.float64), np.asarray(self.std, np.float64)
         where = self.path or 'statistics'
+        self.mean, self.std = _numbers(self.mean, 'mean', where), _numbers(self.std, 'std', where)
         if self.mean.shape != self.std.shape or self.mean.ndim > 1:
             raise ValueError(f'{where}: mean and std must be two scalars or two lists of one value per channel, '
                              f'got shapes {self.mean.shape} and {self.std.shape}')
@@ -129,13 +140,10 @@ class NormStats:
                 'std': self.std.tolist(), 'n_samples': self.n_samples, 'provenance': self.provenance}
 
     def save(self, path) -> Path:
-        "Write the JSON file atomically (temp file + rename)."
+        "Write the JSON file atomically (temp file + rename); a failed write names the file and leaves nothing."
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + '.tmp')
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + '\n')
-        tmp.replace(path)
-        return path
+        return atomic_write(path, lambda f: f.write((json.dumps(self.to_dict(), indent=1) + '\n').encode()))
 
     @classmethod
     def load(cls, path) -> 'NormStats':

@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/00_params.ipynb #32c08fb7
 from __future__ import annotations
-import argparse, ast, difflib, math, os, sys
+import argparse, ast, difflib, math, os, reprlib, sys
 from pathlib import Path
 from typing import Literal
 import torch
@@ -16,9 +16,9 @@ from .signal import CHANNELS, TCP_PAIRS
 from .switches import switch
 
 # %% auto #0
-__all__ = ['MONITORS', 'MONTAGE_CHANNELS', 'PATH_FIELDS', 'ENV_OVERRIDES', 'TrainParams', 'closest', 'model_problems',
-           'with_env_overrides', 'ParamsError', 'read_params_file', 'load_params', 'validate_cli', 'injected_names',
-           'refuse_unknown_parameters']
+__all__ = ['MONITORS', 'MONTAGE_CHANNELS', 'PATH_FIELDS', 'ENV_OVERRIDES', 'MAX_YAML_CHARS', 'TrainParams', 'closest',
+           'model_problems', 'with_env_overrides', 'ParamsError', 'shortened', 'quoted', 'parse_yaml',
+           'read_params_file', 'load_params', 'validate_cli', 'injected_names', 'refuse_unknown_parameters']
 
 # %% ../nbs/api/00_params.ipynb #fe59c394
 MONITORS = ('dev_auroc', 'dev_sens_at_fa.10', 'dev_sens_at_fa.5', 'dev_sens_at_fa.1')  # what `dev_metrics` writes
@@ -151,14 +151,66 @@ class ParamsError(ValueError):
         self.problems = problems
         super().__init__('\n'.join(problems))
 
+# %% ../nbs/api/00_params.ipynb #74ffada1
+MAX_YAML_CHARS = 1_000_000  # what a parameter file, its aliases expanded, may hold: the largest in params/ is 3 KB
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+# %% ../nbs/api/00_params.ipynb #1427fe69
+def shortened(text: str, width: int = 80) -> str:
+    "`text` on one line, cut to `width` characters: how an error message quotes what it was given."
+    text = ' '.join(str(text)[:4 * width].split())
+    return text if len(text) <= width else text[:width - 3] + '...'
+
+def quoted(value, width: int = 80) -> str:
+    "A short one-line repr of `value`, computed without the whole repr (a value may be a huge nested list)."
+    return shortened(_REPR.repr(value), width)
+
+# %% ../nbs/api/00_params.ipynb #23c5cf4c
+def _expanded_size(node, sizes: dict) -> float:
+    "Characters of a composed YAML `node` with its aliases expanded, counted without expanding them (inf: a cycle)."
+    if id(node) in sizes: return sizes[id(node)]  # counted already, or inf while inside itself
+    sizes[id(node)] = math.inf
+    if isinstance(node, yaml.ScalarNode): n = len(node.value) + 1
+    elif isinstance(node, yaml.SequenceNode): n = 1 + sum(_expanded_size(c, sizes) for c in node.value)
+    else: n = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    sizes[id(node)] = n
+    return n
+
+# %% ../nbs/api/00_params.ipynb #dbfaa40c
+def parse_yaml(text: str, where: str):
+    "The value of a YAML document; malformed YAML, or aliases that expand past `MAX_YAML_CHARS`, a `ParamsError`."
+    if len(text) > MAX_YAML_CHARS:
+        raise ParamsError([f'{where}: {len(text):,} characters, more than a parameter file holds ({MAX_YAML_CHARS:,})'])
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and (n := _expanded_size(node, {})) > MAX_YAML_CHARS:
+            raise ParamsError([f'{where}: its aliases (*name) expand to '
+                               f'{"a value inside itself" if n == math.inf else f"{n:,} characters"}, more than a '
+                               f'parameter file holds ({MAX_YAML_CHARS:,}); write the values out'])
+        return None if node is None else loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        raise ParamsError([f'{where}: not valid YAML{f" (line {mark.line + 1})" if mark else ""}: '
+                           f'{shortened(getattr(e, "problem", None) or e)}']) from None
+    except RecursionError:
+        raise ParamsError([f'{where}: nested too deeply for a parameter file']) from None
+    finally: loader.dispose()
+
 # %% ../nbs/api/00_params.ipynb #1e7a0e36
 def read_params_file(path) -> dict:
     "The mapping in a YAML parameter file; malformed YAML, an empty file or a non-mapping is an error naming the file."
-    try: data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, 'problem_mark', None)
-        raise ParamsError([f'{path}: not valid YAML{f" (line {mark.line + 1})" if mark else ""}: '
-                           f'{getattr(e, "problem", None) or e}']) from None
+    path = Path(path)
+    if (size := path.stat().st_size) > MAX_YAML_CHARS:
+        raise ParamsError([f'{path}: {size:,} bytes, more than a parameter file holds ({MAX_YAML_CHARS:,}); '
+                           'is it the right file?'])
+    try: text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:
+        raise ParamsError([f'{path}: byte {e.start} is not UTF-8: save the file as UTF-8 text']) from None
+    data = parse_yaml(text, str(path))
     if data is None: raise ParamsError([f'{path}: the file is empty; write `key: value` lines, e.g. `epochs: 10`'])
     if not isinstance(data, dict):
         raise ParamsError([f'{path}: expected a mapping of parameter names to values, got a {type(data).__name__}'])
@@ -173,10 +225,10 @@ def _problems(e: ValidationError, where: str) -> list[str]:
         if err['type'] == 'extra_forbidden':
             config = MODEL_CONFIGS.get(loc[1], DetectorConfig) if len(loc) > 1 else TrainParams
             names = config.model_fields
-            out.append(f'{where}: {field}: not a parameter{closest(str(err["loc"][-1]), names)}')
+            out.append(f'{where}: {shortened(field)}: not a parameter{closest(str(err["loc"][-1]), names)}')
             continue
         msg = err['msg'].removeprefix('Value error, ')
-        given = f' (got {err["input"]!r})' if field and not isinstance(err['input'], dict) else ''
+        given = f' (got {quoted(err["input"])})' if field and not isinstance(err['input'], dict) else ''
         out += [f'{where}: {field + ": " if field else ""}{line}{given}' for line in msg.splitlines()]
     return out
 

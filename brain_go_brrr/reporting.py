@@ -10,6 +10,7 @@ import torch
 import yaml
 from . import __version__
 from .params import TrainParams
+from .runs import atomic_write
 
 # %% auto #0
 __all__ = ['flat_keys', 'tensorboard_writer', 'log_scalars', 'environment', 'write_run', 'plot_curves', 'plot_trace']
@@ -46,11 +47,11 @@ def environment() -> dict:
 
 # %% ../nbs/api/08b_reporting.ipynb #a5d1193b
 def write_run(p: TrainParams, metrics: dict) -> None:
-    "`params.yaml`, `env.json` and `metrics.json` in `p.run_dir`."
-    d = p.run_dir
-    (d / 'params.yaml').write_text(yaml.safe_dump(p.model_dump(mode='json'), sort_keys=False))
-    (d / 'env.json').write_text(json.dumps(environment(), indent=1))
-    (d / 'metrics.json').write_text(json.dumps(metrics, indent=1, default=float))
+    "`params.yaml`, `env.json` and `metrics.json` in `p.run_dir`, each whole or not at all (a full disk is an error)."
+    files = {'params.yaml': yaml.safe_dump(p.model_dump(mode='json'), sort_keys=False),
+             'env.json': json.dumps(environment(), indent=1),
+             'metrics.json': json.dumps(metrics, indent=1, default=float)}
+    for name, text in files.items(): atomic_write(p.run_dir / name, lambda f, text=text: f.write(text.encode()))
 
 # %% ../nbs/api/08b_reporting.ipynb #452a7238
 def plot_curves(history: list[dict], path=None):

@@ -18,7 +18,7 @@ log = logging.getLogger('brain_go_brrr')
 __all__ = ['log', 'CHANNELS', 'ALIASES', 'TUAB23_CHANNELS', 'TCP_PAIRS', 'MONTAGES', 'EDF_MAGIC', 'BDF_MAGIC',
            'ANNOTATION_LABELS', 'VOLTS_PER_UNIT', 'WINDOW_CLASSES', 'canonical_channel', 'channel_reference',
            'channel_names', 'SignalError', 'read_edf_header', 'volts_per_unit', 'EegReader', 'read_eeg',
-           'filter_sections', 'preprocess', 'PreprocessedEeg', 'window_starts', 'window_classes']
+           'filter_sections', 'check_filterable', 'preprocess', 'PreprocessedEeg', 'window_starts', 'window_classes']
 
 # %% ../nbs/api/02_signal.ipynb #87cb717a
 CHANNELS = ('FP1', 'FP2', 'F3', 'F4', 'C3', 'C4', 'P3', 'P4', 'O1', 'O2',
@@ -66,6 +66,17 @@ def _text(field: bytes) -> str:
     try: return field.decode('utf-8').strip()
     except UnicodeDecodeError: return field.decode('latin-1').strip()
 
+# %% ../nbs/api/02_signal.ipynb #05bdc89b
+def _header_numbers(path, labels: list[str], fields: list[bytes], what: str, kind=float) -> list:
+    "One header number per signal; a field that does not parse is an error naming its signal, not its neighbour."
+    out = []
+    for label, raw in zip(labels, fields):
+        try: out.append(kind(raw))
+        except ValueError:
+            raise SignalError(f'{path}: {label}: {what} {raw.decode("latin-1").strip()!r} is not a number; the header '
+                              'is damaged: copy or export the file again') from None
+    return out
+
 # %% ../nbs/api/02_signal.ipynb #a3985aa7
 def read_edf_header(path) -> dict:
     "What decides how to read an EDF/BDF: the format (by its first bytes), the EDF+ type, and each signal's fields."
@@ -75,17 +86,23 @@ def read_edf_header(path) -> dict:
     if fmt is None:
         raise SignalError(f"{path}: cannot read the EDF header: it starts with {head[:8]!r}, neither EDF ('0' and "
                           "7 spaces) nor BDF (0xFF 'BIOSEMI'); the file is damaged or in another format")
-    try:
-        ns = int(head[252:256])
-        with open(path, 'rb') as f:
-            f.seek(256)
-            signals = f.read(256 * max(ns, 0))
-        field = lambda at, width: [signals[ns * at + i * width:ns * at + (i + 1) * width] for i in range(ns)]
-        return dict(format=fmt, reserved=head[192:236].decode('latin-1').strip(), n_header=int(head[184:192]),
-                    n_records=int(head[236:244]), labels=[x.decode('latin-1').strip() for x in field(0, 16)],
-                    units=[_text(x) for x in field(96, 8)], samples=[int(x) for x in field(216, 8)])
+    try: ns, n_header, n_records = int(head[252:256]), int(head[184:192]), int(head[236:244])
     except ValueError:
         raise SignalError(f'{path}: cannot read the EDF header (a number field does not parse)') from None
+    with open(path, 'rb') as f:
+        f.seek(256)
+        signals = f.read(256 * max(ns, 0))
+    field = lambda at, width: [signals[ns * at + i * width:ns * at + (i + 1) * width] for i in range(ns)]
+    labels = [x.decode('latin-1').strip() for x in field(0, 16)]
+    samples = _header_numbers(path, labels, field(216, 8), 'samples per record', int)
+    if bad := next(((l, n) for l, n in zip(labels, samples) if n < 1), None):
+        raise SignalError(f'{path}: {bad[0]}: samples per record {bad[1]} is not a positive number; the header is '
+                          'damaged: copy or export the file again')
+    number = lambda at, what: _header_numbers(path, labels, field(at, 8), what)
+    return dict(format=fmt, reserved=head[192:236].decode('latin-1').strip(), n_header=n_header, n_records=n_records,
+                labels=labels, units=[_text(x) for x in field(96, 8)], samples=samples,
+                physical=list(zip(number(104, 'physical minimum'), number(112, 'physical maximum'))),
+                digital=list(zip(number(120, 'digital minimum'), number(128, 'digital maximum'))))
 
 # %% ../nbs/api/02_signal.ipynb #ebff6655
 VOLTS_PER_UNIT = {'v': 1.0, 'mv': 1e-3, 'uv': 1e-6, 'microv': 1e-6, 'nv': 1e-9}
@@ -145,20 +162,50 @@ def _check_not_flat(peak_to_peak: np.ndarray, names: list[str], path) -> None:
     if flat: raise SignalError(f'{path}: flat channel(s) {", ".join(flat)} (peak-to-peak below 0.001 µV)')
 
 # %% ../nbs/api/02_signal.ipynb #c282ca0e
-def _check_not_truncated(path, header: dict) -> None:
-    "Compare the size an EDF/BDF header declares with the file's size."
+def _sample_counts(header: dict) -> tuple[int, list[tuple[str, int]]]:
+    "The samples per record most signals declare, and the signals that declare another (the annotation channel aside)."
+    counts = [(l, n) for l, n in zip(header['labels'], header['samples']) if l not in ANNOTATION_LABELS]
+    common = Counter(n for _, n in counts).most_common(1)[0][0] if counts else 0
+    return common, [(l, n) for l, n in counts if n != common]
+
+# %% ../nbs/api/02_signal.ipynb #fcc5ca12
+def _check_size(path, header: dict) -> None:
+    """Compare the size an EDF/BDF header declares with the file's size: a file cut short is refused; whole records
+    past the declared count are refused (MNE would read them as EEG); a partial record past them is ignored, said."""
     width = 3 if header['format'] == 'BDF' else 2  # BDF stores 24-bit samples
-    n_records = header['n_records']
-    want, have = header['n_header'] + n_records * sum(header['samples']) * width, Path(path).stat().st_size
-    if n_records > 0 and have < want:
+    n_records, record = header['n_records'], sum(header['samples']) * width
+    want, have = header['n_header'] + n_records * record, Path(path).stat().st_size
+    if n_records <= 0 or have == want: return
+    common, odd = _sample_counts(header)
+    if odd and want + n_records * sum(common - n for _, n in odd) * width == have:
+        raise SignalError(f'{path}: {", ".join(f"{l} declares {n}" for l, n in odd)} samples per record where the '
+                          f'others declare {common}, and the file size fits {common}: that header field is damaged; '
+                          'correct it or copy the file again')
+    if have < want:
         raise SignalError(f'{path}: truncated: the header declares {n_records} data records ({want} bytes), '
                           f'the file has {have} bytes')
+    if have - want >= record:
+        raise SignalError(f'{path}: the header declares {n_records} data records ({want} bytes), the file has {have} '
+                          f'bytes: {(have - want) // record} more records past them, which would be read as EEG; if '
+                          f'the header is right, cut them off (`truncate -s {want} {path}`), else correct its count')
+    log.warning(f'{path}: {have - want} bytes after the last data record ignored (less than one record)')
 
 # %% ../nbs/api/02_signal.ipynb #40323c74
 def _check_continuous(path, header: dict) -> None:
     if header['reserved'].startswith(('EDF+D', 'BDF+D')):
         raise SignalError(f'{path}: {header["reserved"][:5]} (discontinuous): read as one signal, its gaps would be '
                           "joined; split it into continuous EDF+C files (e.g. EDFbrowser's 'Convert EDF+D to EDF+C')")
+
+# %% ../nbs/api/02_signal.ipynb #c23540b7
+def _check_scales(path, header: dict, picks: list[str]) -> None:
+    "A channel whose physical or digital minimum equals its maximum has no scale: its samples mean nothing."
+    for p in picks:
+        i = header['labels'].index(p)
+        for what, (low, high) in (('physical', header['physical'][i]), ('digital', header['digital'][i])):
+            if low == high:
+                raise SignalError(f'{path}: {p}: {what} minimum and maximum are both {low:g} in the header, so its '
+                                  'samples have no scale (a damaged header, not a flat signal): correct the range or '
+                                  'export the file again')
 
 # %% ../nbs/api/02_signal.ipynb #57a7adb0
 def _is_edf_or_bdf(path) -> bool:
@@ -195,7 +242,7 @@ class EegReader:
         self.refs = sorted({c for pair in TCP_PAIRS for c in pair}) if montage == 'tcp' else list(self.channels)
         header = read_edf_header(path) if _is_edf_or_bdf(path) else None
         if header:
-            _check_not_truncated(path, header)
+            _check_size(path, header)
             _check_continuous(path, header)
         elif unit is not None: raise ValueError(f'{path}: unit= is for EDF and BDF files; MNE reads the unit of this '
                                                 f'one')
@@ -208,6 +255,7 @@ class EegReader:
                               f'mne.io.read_raw reads (.fif, .vhdr, .set, ...) are read') from e
         labels = [l for l in header['labels'] if l not in ANNOTATION_LABELS] if header else self.raw.ch_names
         self.picks = _pick_canonical(labels, self.refs, path, montage)
+        if header: _check_scales(path, header, self.picks)
         self.scale = _rescale(path, self.raw, header, self.picks, unit) if header else np.ones(len(self.picks))
         self.sfreq, self.n_samples = float(self.raw.info['sfreq']), self.raw.n_times
         self.low, self.high = np.full(len(self.refs), np.inf), np.full(len(self.refs), -np.inf)
@@ -244,10 +292,25 @@ def filter_sections(sfreq: float, l_freq: float = 0.5, h_freq: float = 120.0, no
     sos = sps.butter(4, [l_freq, min(h_freq, 0.49 * sfreq)], btype='bandpass', fs=sfreq, output='sos')
     return np.vstack([sos, sps.tf2sos(*sps.iirnotch(notch, 30.0, fs=sfreq))]) if notch else sos
 
+# %% ../nbs/api/02_signal.ipynb #7e240ddc
+def check_filterable(n_samples: int, sfreq: float, where, sfreq_out: float = 256.0, l_freq: float = 0.5,
+                     h_freq: float = 120.0, notch: float | None = 60.0) -> None:
+    "Refuse a recording of `n_samples` at `sfreq` too short for `preprocess`'s filters: its length and the minimum."
+    sos = filter_sections(sfreq_out, l_freq, h_freq, notch)
+    pad = 3 * (2 * len(sos) + 1 - min((sos[:, 2] == 0).sum(), (sos[:, 5] == 0).sum()))  # sosfiltfilt's default
+    ratio = Fraction(sfreq_out / sfreq).limit_denominator(1000)
+    if -(-n_samples * ratio.numerator // ratio.denominator) <= pad:
+        filters = f'the {l_freq:g}-{h_freq:g} Hz band-pass{f" and {notch:g} Hz notch" if notch else ""}'
+        raise SignalError(f'{where}: {n_samples} samples ({n_samples / sfreq:.3g} s) at {sfreq:g} Hz are too short to '
+                          f'filter: {filters} need at least {(pad + 1) / sfreq_out:.3f} s ({pad + 1} samples at '
+                          f'{sfreq_out:g} Hz)')
+
 # %% ../nbs/api/02_signal.ipynb #b098a8b8
 def preprocess(data: np.ndarray, sfreq: float, sfreq_out: float = 256.0, l_freq: float = 0.5,
-               h_freq: float = 120.0, notch: float | None = 60.0) -> np.ndarray:
-    "Resample `data` (channels, samples) to `sfreq_out`, band-pass `l_freq`-`h_freq`, notch at `notch` Hz."
+               h_freq: float = 120.0, notch: float | None = 60.0, where='data') -> np.ndarray:
+    """Resample `data` (channels, samples) to `sfreq_out`, band-pass `l_freq`-`h_freq`, notch at `notch` Hz;
+    data too short to filter is a `SignalError` naming `where` (its file)."""
+    check_filterable(data.shape[-1], sfreq, where, sfreq_out, l_freq, h_freq, notch)
     ratio = Fraction(sfreq_out / sfreq).limit_denominator(1000)
     x = data if ratio == 1 else sps.resample_poly(data, ratio.numerator, ratio.denominator, axis=-1)
     return sps.sosfiltfilt(filter_sections(sfreq_out, l_freq, h_freq, notch), x, axis=-1).astype(np.float32)
@@ -273,7 +336,8 @@ class PreprocessedEeg:
         o0, o1 = k * self.block, min((k + 1) * self.block, n)
         a, b = max(o0 - self.margin, 0), min(o1 + self.margin, n)
         i1 = self.reader.n_samples if b == n else b * self.down // self.up
-        x = preprocess(self.reader.read(a * self.down // self.up, i1), self.reader.sfreq, self.sfreq, *self.filters)
+        x = preprocess(self.reader.read(a * self.down // self.up, i1), self.reader.sfreq, self.sfreq, *self.filters,
+                       where=self.reader.path)
         return x[:, o0 - a:o1 - a]
 
     def _get(self, k: int) -> np.ndarray:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/08_train.ipynb #c3e88589
 from __future__ import annotations
-import argparse, json, logging, math, os, random, time
+import argparse, io, json, logging, math, os, random, time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -15,10 +15,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from .params import TrainParams, load_params
+from .params import ParamsError, TrainParams, load_params, parse_yaml, shortened
 from .tusz import check_splits
 from .cache import (STATS_FILE, build_cache, cache_lock, check_cache_splits, open_cache, scan_cache,
                                  format_scan, verify_cache)
@@ -28,16 +27,16 @@ from .model import build_detector
 from .checkpoints import load_checkpoint, save_checkpoint
 from .detect import STEP, clipping, dev_metrics, predict_cache, resolve_device
 from .reporting import flat_keys, log_scalars, tensorboard_writer, write_run
-from .runs import cache_dir_of, data_dir_of
+from .runs import atomic_write, cache_dir_of, check_writable, data_dir_of
 
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
 __all__ = ['log', 'NO_DECAY_MODULES', 'COUNTERS', 'RESUME_MAY_CHANGE', 'NONFINITE_BATCHES_KEPT', 'setup_distributed', 'barrier',
-           'rank0_decides', 'stats_of_training_cache', 'Preflight', 'preflight', 'param_groups', 'warmup_cosine',
-           'seizure_loss', 'loss_of', 'dev_loss', 'sanitize_gradients', 'NanDebugger', 'clip_input', 'Step',
-           'train_step', 'Optimisation', 'dev_probabilities', 'TrainState', 'rng_state', 'set_rng_state', 'unwrap',
-           'checkpoint_of', 'resume_changes', 'resume', 'checkpoint_due', 'batches_after', 'windows_of_batch',
+           'rank0_decides', 'stats_are_current', 'stats_of_training_cache', 'Preflight', 'preflight', 'param_groups',
+           'warmup_cosine', 'seizure_loss', 'loss_of', 'dev_loss', 'sanitize_gradients', 'NanDebugger', 'clip_input',
+           'Step', 'train_step', 'Optimisation', 'dev_probabilities', 'TrainState', 'rng_state', 'set_rng_state',
+           'unwrap', 'checkpoint_of', 'resume_changes', 'resume', 'checkpoint_due', 'batches_after', 'windows_of_batch',
            'save_nonfinite_batch', 'seed_everything', 'edges_clamped', 'monitored', 'TrainingDiverged', 'diagnosis',
            'final_metrics', 'train', 'override_of', 'train_cli']
 
@@ -63,13 +62,18 @@ def rank0_decides(flag: bool, world: int) -> bool:
     return box[0]
 
 # %% ../nbs/api/08_train.ipynb #5a8ab106
+def stats_are_current(path: Path) -> bool:
+    "The statistics file at `path` exists and describes the cache beside it as it is now."
+    if not path.exists(): return False
+    return NormStats.load(path).provenance.get('cache_fingerprint') == open_cache(path.parent).fingerprint
+
+# %% ../nbs/api/08_train.ipynb #f8bd6ce4
 def stats_of_training_cache(p: TrainParams) -> NormStats:
-    "Statistics of the training cache, computed once and kept beside it."
+    "Statistics of the training cache, computed once and kept beside it; the lock only to (re)compute them."
     path = cache_dir_of(p, 'train') / STATS_FILE
-    with cache_lock(path.parent):
-        cache = open_cache(path.parent)  # statistics of an older state of the cache are recomputed
-        if not path.exists() or NormStats.load(path).provenance.get('cache_fingerprint') != cache.fingerprint:
-            compute_norm_stats(cache).save(path)
+    if not stats_are_current(path):  # current statistics are read without the lock: read-only storage will do
+        with cache_lock(path.parent):
+            if not stats_are_current(path): compute_norm_stats(open_cache(path.parent)).save(path)
     return NormStats.load(path)
 
 # %% ../nbs/api/08_train.ipynb #218e2789
@@ -427,11 +431,12 @@ def windows_of_batch(loader, dataset: BalancedSeizureDataset, b: int) -> list[tu
 
 # %% ../nbs/api/08_train.ipynb #07808255
 def save_nonfinite_batch(run_dir: Path, step: int, x, y, windows: list[tuple[str, int]], rank: int = 0) -> Path:
-    "Save the batch of non-finite step `step` as `nonfinite_batch_step<step>.pt` (`_rank<r>` beyond rank 0)."
-    path = run_dir / f'nonfinite_batch_step{step}{f"_rank{rank}" if rank else ""}.pt'
+    """Save the batch of non-finite step `step` as `nonfinite_batch_step<step>.pt` (`_rank<r>` beyond rank 0).
+    Pickled in memory first: `torch.save` meets a full disk with 'unexpected pos', `atomic_write` names the file."""
+    path, buf = run_dir / f'nonfinite_batch_step{step}{f"_rank{rank}" if rank else ""}.pt', io.BytesIO()
     torch.save(dict(step=step, x=x.cpu(), y=y.cpu(), recordings=[r for r, _ in windows],
-                    starts=[s for _, s in windows]), path)
-    return path
+                    starts=[s for _, s in windows]), buf)
+    return atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 # %% ../nbs/api/08_train.ipynb #6a5fb72f
 def seed_everything(seed: int) -> None:
@@ -495,7 +500,7 @@ def train(p: TrainParams) -> dict:
     # a damaged checkpoint or changed parameters are refused before any work
     saved = load_checkpoint(last) if p.resume and last.exists() else None
     changes = resume_changes(saved['params'], p, str(last)) if saved else {}
-    if rank == 0: p.run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0: check_writable(p.run_dir)  # a read-only or full run folder is found before any work
     seed_everything(p.seed)
     checks = preflight(p, rank)
 
@@ -580,10 +585,11 @@ def train(p: TrainParams) -> dict:
 
 # %% ../nbs/api/08_train.ipynb #8362bb26
 def override_of(kv: str) -> tuple[str, object]:
-    "`key=value` with a YAML value; an empty value stays '' (an unset shell variable), for the schema to refuse."
+    """`key=value` with a YAML value, parsed with a parameter file's limits; malformed, a one-line `ParamsError`.
+    An empty value stays '' (an unset shell variable), for the schema to refuse."""
     k, eq, v = kv.partition('=')
-    if not eq or not k: raise ValueError(f'-p {kv}: use -p KEY=VALUE, e.g. -p lr=0.001')
-    return k, yaml.safe_load(v) if v.strip() else v
+    if not eq or not k: raise ParamsError([f'-p {shortened(kv)}: use -p KEY=VALUE, e.g. -p lr=0.001'])
+    return k, parse_yaml(v, f'-p {shortened(k)}') if v.strip() else v
 
 # %% ../nbs/api/08_train.ipynb #f997aa82
 def train_cli(argv: list[str] | None = None) -> int:

@@ -4,16 +4,17 @@
 
 # %% ../nbs/api/01_tusz.ipynb #c329998a
 from __future__ import annotations
-import argparse, math, re, sys
+import argparse, math, os, re, sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['SPLITS', 'SEIZURE_TYPES', 'LABELS', 'RECORDING_SUFFIXES', 'COLUMNS', 'EdfFile', 'parse_edf_path', 'recordings_under',
-           'discover', 'subjects_in_several_splits', 'check_splits', 'check_splits_cli', 'AnnotationError', 'Event',
-           'Annotation', 'utf8_text', 'read_annotation', 'check_annotation_matches', 'label_mask', 'mask_events']
+__all__ = ['SPLITS', 'SEIZURE_TYPES', 'LABELS', 'RECORDING_SUFFIXES', 'COLUMNS', 'EdfFile', 'parse_edf_path', 'files_under',
+           'recordings_under', 'discover', 'subjects_in_several_splits', 'check_splits', 'check_splits_cli',
+           'AnnotationError', 'Event', 'Annotation', 'utf8_text', 'read_annotation', 'check_annotation_matches',
+           'label_mask', 'mask_events']
 
 # %% ../nbs/api/01_tusz.ipynb #2d560e8f
 SPLITS = ('train', 'dev', 'eval')
@@ -59,6 +60,22 @@ def _one_recording_per_stem(paths: list[Path]) -> None:
         raise ValueError(f'{clash[0].parent}: {" and ".join(p.name for p in clash)} are two recordings with one name '
                          '(one bname, one .csv_bi); keep one of them')
 
+# %% ../nbs/api/01_tusz.ipynb #9651c8a0
+def files_under(folder) -> list[Path]:
+    "Every file under `folder`, following symlinked folders (each real folder once: a link loop ends), sorted."
+    seen, out, todo = set(), [], [Path(folder)]
+    while todo:
+        d = todo.pop()
+        st = d.stat()
+        if (st.st_dev, st.st_ino) in seen: continue
+        seen.add((st.st_dev, st.st_ino))
+        # in reverse name order onto the stack: folders are visited in name order, so a folder linked twice is listed
+        # under the same name on every run; is_dir and is_file follow symlinks, a dangling link is neither
+        for entry in sorted(os.scandir(d), key=lambda e: e.name, reverse=True):
+            if entry.is_dir(): todo.append(d / entry.name)
+            elif entry.is_file(): out.append(d / entry.name)
+    return sorted(out)
+
 # %% ../nbs/api/01_tusz.ipynb #3da2eb15
 RECORDING_SUFFIXES = ('.edf', '.bdf')  # compared lower-cased
 
@@ -71,7 +88,7 @@ def recordings_under(data_dir, split: str | None, splits: tuple[str, ...], examp
     if split is not None and split not in splits:
         raise ValueError(f'split must be one of {splits}, got {split!r}')
     base = root / 'edf' / split if split else root / 'edf'
-    paths = sorted(p for p in base.rglob('*') if p.suffix.lower() in RECORDING_SUFFIXES and p.is_file())
+    paths = [p for p in files_under(base) if p.suffix.lower() in RECORDING_SUFFIXES]
     _one_recording_per_stem(paths)
     return paths
 
@@ -177,7 +194,7 @@ def _text_of_whole_file(path: Path) -> str:
     if not text.strip():
         raise AnnotationError(f'{path}: empty file; an annotation has its header and column line, and a seizure-free '
                               'recording one bckg row: write the file again')
-    if '\n' not in text[len(text.rstrip()):]:
+    if not re.search(r'[\r\n]', text[len(text.rstrip()):]):  # CR alone (classic Mac) ends a line too
         lines = text.splitlines()
         raise AnnotationError(f'{path}:{len(lines)}: no newline after {lines[-1].strip()!r}: the file looks cut off '
                               'there; copy it again, or end the line if it is whole')

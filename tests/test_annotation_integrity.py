@@ -172,3 +172,15 @@ def test_two_recordings_sharing_one_annotation_are_refused(tmp_path):
         _touch(tmp_path, f'train/aaaaaaaa/s001_2003/01_tcp_ar/{n}')
     with pytest.raises(ValueError, match=r'aaaaaaaa_s001_t000\.bdf.*aaaaaaaa_s001_t000\.edf'):
         discover(tmp_path)
+
+
+# issue #26: classic Mac line endings are line endings
+def test_cr_only_line_endings_are_read(tmp_path):
+    from brain_go_brrr.tusz import read_annotation
+    text = ('# version = csv_v1.0.0\n# bname = x\n# duration = 60.0000 secs\n#\n'
+            'channel,start_time,stop_time,label,confidence\nTERM,0.0000,60.0000,bckg,1.0000\n')
+    (tmp_path / 'lf').mkdir(), (tmp_path / 'cr').mkdir()
+    (tmp_path / 'lf' / 'x.csv_bi').write_text(text)
+    (tmp_path / 'cr' / 'x.csv_bi').write_bytes(text.replace('\n', '\r').encode())
+    lf, cr = read_annotation(tmp_path / 'lf' / 'x.csv_bi'), read_annotation(tmp_path / 'cr' / 'x.csv_bi')
+    assert cr.events == lf.events and cr.duration == 60.0

@@ -72,3 +72,38 @@ def test_the_sample_holds_every_recording_when_it_can(tmp_path):
         assert sorted(tokens) == [f't{i:03d}' for i in range(5)] and len(windows) == 5
     windows, tokens = sample_windows_with_tokens(cache, n_windows=3)
     assert len(set(tokens)) == 3
+
+
+# issue #26: statistics that divide by zero or by a non-finite number are a mismatch, and odd files one line
+@pytest.mark.parametrize('bad', [0.0, np.nan, np.inf, -1.0])
+def test_a_zero_or_non_finite_std_is_a_mismatch(tmp_path, five, bad):
+    cache = make_cache(tmp_path / 'c', five)
+    good = compute_norm_stats(cache)
+    for std in (np.where(np.arange(len(CHANNELS)) == 4, bad, good.std), np.full(len(CHANNELS), bad)):
+        stats = NormStats(good.mean, std, good.unit, good.channels, good.n_samples, good.provenance)
+        r = audit_cache(stats, cache)
+        assert r.verdict == 'mismatch' and any('std' in s and 'not > 0' in s for s in r.reasons), r.reasons
+
+
+def test_a_zero_std_on_disk_fails_audit_norm(tmp_path, five):
+    import subprocess, sys
+    cache = make_cache(tmp_path / 'c', five)
+    d = compute_norm_stats(cache).to_dict()
+    d['std'] = [0.0] * len(d['std'])
+    (tmp_path / 's.json').write_text(json.dumps(d))
+    r = subprocess.run([sys.executable, '-m', 'brain_go_brrr', 'audit-norm', '--stats', str(tmp_path / 's.json'),
+                        '--cache-dir', str(cache.root)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and 'mismatch' in r.stdout + r.stderr, (r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize('field, value', [('mean', {'FP1': 1.0}), ('std', 'one'), ('mean', [[1.0]]), ('std', None),
+                                          ('mean', ['a'] * 19), ('std', True)])
+def test_a_statistics_file_with_a_malformed_field_is_one_line_naming_it(tmp_path, five, field, value):
+    cache = make_cache(tmp_path / 'c', five)
+    d = compute_norm_stats(cache).to_dict()
+    d[field] = value
+    path = tmp_path / 's.json'
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=rf'{path}: {field} must be'):
+        NormStats.load(path)

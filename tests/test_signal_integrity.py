@@ -140,3 +140,71 @@ def test_tuab23_without_an_input_is_refused_naming_it(tmp_path, drop, missing):
         read_eeg(edf, 'tuab23')
     assert "montage='referential' reads the 19 alone" in str(e.value)
     assert read_eeg(edf)[0].shape[0] == 19  # the 10-20 channels are still there
+
+
+# issue #26: the edges of the format
+def _record_bytes(path) -> int:
+    from brain_go_brrr.signal import read_edf_header
+    return sum(read_edf_header(path)['samples']) * 2
+
+
+def test_whole_records_past_the_declared_count_are_refused(tmp_path):
+    edf = write_edf(tmp_path / 'long.edf')  # 4 records of 1 s
+    with open(edf, 'ab') as f: f.write(np.random.default_rng(1).integers(0, 256, 2 * _record_bytes(edf), np.uint8))
+    with pytest.raises(SignalError, match=r'declares 4 data records .* 2 more records'):
+        read_eeg(edf)
+
+
+def test_a_partial_record_past_the_end_is_ignored_with_a_warning(tmp_path, caplog):
+    edf = write_edf(tmp_path / 'tail.edf')
+    with open(edf, 'ab') as f: f.write(b'\x00' * 100)
+    with caplog.at_level(logging.WARNING, logger='brain_go_brrr'):
+        data, sfreq, _ = read_eeg(edf)
+    assert data.shape[1] == 4 * 250 and '100 bytes after the last data record ignored' in caplog.text
+
+
+@pytest.mark.parametrize('offset,what', [(112, 'physical'), (128, 'digital')])
+def test_a_degenerate_range_is_named_as_such_not_flat(tmp_path, offset, what):
+    edf = write_edf(tmp_path / 'range.edf')
+    b = edf.read_bytes(); ns = int(b[252:256]); low = b[256 + ns * (offset - 8):256 + ns * (offset - 8) + 8]
+    patch_signal_field(edf, offset, 8, {0: low})  # FP1's maximum := its minimum
+    with pytest.raises(SignalError, match=rf'EEG FP1-REF: {what} minimum and maximum are both'):
+        read_eeg(edf)
+
+
+def _one_sample_edf(path) -> Path:
+    import edfio
+    edfio.Edf([edfio.EdfSignal(np.array([float(i)]), sampling_frequency=250, label=f'EEG {c}-REF',
+                               physical_dimension='uV', physical_range=(-1000, 1000)) for i, c in enumerate(CHANNELS)],
+              data_record_duration=0.004).write(path)
+    return Path(path)
+
+
+def test_a_recording_too_short_to_filter_is_refused_with_its_length_and_the_minimum(tmp_path):
+    from brain_go_brrr.signal import EegReader, PreprocessedEeg
+    edf = _one_sample_edf(tmp_path / 'one.edf')
+    with pytest.raises(SignalError, match=r'one\.edf: 1 samples \(0\.004 s\) .* too short to filter: .* at least'):
+        PreprocessedEeg(EegReader(edf))[:, 0:1]
+
+
+def test_a_recording_too_short_to_filter_is_not_called_flat_by_the_cache(tmp_path):
+    from brain_go_brrr.cache import load_tusz, preprocessing_config
+    from brain_go_brrr.tusz import parse_edf_path
+    d = tmp_path / 'edf' / 'train' / 'aaaaaaaa' / 's001_2010' / '01_tcp_ar'
+    d.mkdir(parents=True)
+    edf = _one_sample_edf(d / 'aaaaaaaa_s001_t000.edf')
+    with pytest.raises(SignalError, match='too short to filter'):
+        load_tusz(parse_edf_path(edf, tmp_path), preprocessing_config(tmp_path, 'train'))
+
+
+@pytest.mark.parametrize('value', [b'abc', b'-1', b'0'])
+def test_a_damaged_sample_count_names_its_channel(tmp_path, value):
+    edf = patch_signal_field(write_edf(tmp_path / 'count.edf'), 216, 8, {0: value})
+    with pytest.raises(SignalError, match=r'EEG FP1-REF: .*samples per record'):
+        read_eeg(edf)
+
+
+def test_a_sample_count_off_by_one_names_the_odd_channel(tmp_path):
+    edf = patch_signal_field(write_edf(tmp_path / 'count.edf'), 216, 8, {0: b'249'})
+    with pytest.raises(SignalError, match=r'EEG FP1-REF'):
+        read_eeg(edf)
