@@ -4,9 +4,10 @@
 
 # %% ../nbs/api/08a_checkpoints.ipynb #de80162e
 from __future__ import annotations
-import hashlib, logging, os, pickle, re, zipfile
+import hashlib, io, logging, pickle, re, zipfile
 from pathlib import Path
 import torch
+from .runs import atomic_write
 
 log = logging.getLogger('brain_go_brrr')
 
@@ -30,13 +31,13 @@ def sha256_of(path) -> str:
 
 # %% ../nbs/api/08a_checkpoints.ipynb #d504e97c
 def save_checkpoint(path: Path, state: dict) -> None:
-    "Written atomically, with its SHA-256 beside it (`last.pt.sha256`, `sha256sum -c` format)."
-    tmp, side = path.with_name(f'.{path.name}.tmp'), checksum_path(path)
-    torch.save(state, tmp)
-    side_tmp = side.with_name(f'.{side.name}.tmp')
-    side_tmp.write_text(f'{sha256_of(tmp)}  {path.name}\n')
-    os.replace(tmp, path)
-    os.replace(side_tmp, side)
+    """Written atomically, with its SHA-256 beside it (`last.pt.sha256`, `sha256sum -c` format); a write that fails
+    (a full disk) raises `runs.WriteError` naming the file and leaves nothing."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # in memory: on a full disk torch.save says only 'unexpected pos' and leaves its file
+    data = buffer.getbuffer()
+    atomic_write(path, lambda f: f.write(data))
+    atomic_write(checksum_path(path), lambda f: f.write(f'{hashlib.sha256(data).hexdigest()}  {path.name}\n'.encode()))
 
 # %% ../nbs/api/08a_checkpoints.ipynb #99b8c72d
 def _instead(path: Path) -> str:
@@ -50,7 +51,11 @@ def load_checkpoint(path) -> dict:
     "A checkpoint whose SHA-256 matches the one saved beside it; damage is an error that offers the other checkpoint."
     path, side = Path(path), checksum_path(path)
     if side.exists():
-        if sha256_of(path) != side.read_text().split()[0]:
+        recorded = side.read_text().split()[:1]
+        if not recorded:
+            raise CheckpointError(f'{side}: empty (it should hold "<sha256>  {path.name}"); remove it to load {path} '
+                                  f'unverified, or {_instead(path)}')
+        if sha256_of(path) != recorded[0]:
             raise CheckpointError(f'{path}: damaged (its SHA-256 differs from {side.name}); {_instead(path)}')
     else: log.warning(f'{path}: no {side.name} beside it, so it cannot be verified')
     try: return torch.load(path, map_location='cpu', weights_only=True)

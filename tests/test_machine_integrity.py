@@ -187,3 +187,24 @@ def test_a_full_disk_while_saving_a_non_finite_batch_names_the_file_and_leaves_n
     with file_size_limit(10_000), pytest.raises(OSError, match=r'nonfinite_batch_step3\.pt: cannot write'):
         save_nonfinite_batch(tmp_path, 3, x, y, [('t0', 0), ('t1', 0)])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_saving_a_checkpoint_names_the_file_and_leaves_nothing(tmp_path):
+    "torch.save straight to the file said only 'unexpected pos' and left `.last.pt.tmp` behind."
+    import torch
+    from brain_go_brrr.checkpoints import save_checkpoint
+    state = {'model': {'w': torch.zeros(100_000)}, 'state': {'epoch': 1}}
+    with file_size_limit(10_000), pytest.raises(OSError, match=r'last\.pt: cannot write .*disk'):
+        save_checkpoint(tmp_path / 'last.pt', state)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_checksum_file_is_named_with_the_fix(tmp_path):
+    import torch
+    from brain_go_brrr.checkpoints import CheckpointError, checksum_path, load_checkpoint, save_checkpoint
+    path = tmp_path / 'last.pt'
+    save_checkpoint(path, {'state': {'epoch': 1}})
+    assert load_checkpoint(path)['state'] == {'epoch': 1}
+    checksum_path(path).write_text('')
+    with pytest.raises(CheckpointError, match=r'last\.pt\.sha256: empty .*remove it to load'):
+        load_checkpoint(path)
