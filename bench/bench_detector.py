@@ -9,6 +9,7 @@ peak resident set (what `/usr/bin/time -v` reports as "Maximum resident set size
     python bench/bench_detector.py                       # everything, about 4 minutes on 2 cores
     python bench/bench_detector.py --only block --out block.json
     python bench/bench_detector.py --only seizure_transformer
+    python bench/bench_detector.py --only launches       # operations dispatched per step, per scan backend
 
 Measures:
   train    one training step (forward + backward, batch 1, one 60-s window): seconds and peak memory;
@@ -16,9 +17,13 @@ Measures:
   block    one Mamba block, 19 x 960 x 64, d_state 16, forward + backward on 1 thread: ours, the baseline, mambapy;
   length   peak memory of a training step at 15, 60 and 240-s windows (this project's scan): the fitted slope;
   seizure_transformer  inference (batch 1, no_grad, 60-s window) of the V3 detector and of SeizureTransformer at its
-           published size (37.8M parameters), alternating, each in a fresh process: seconds and peak memory.
+           published size (37.8M parameters), alternating, each in a fresh process: seconds and peak memory;
+  launches operations PyTorch dispatches (each at most one kernel launch on a GPU) in one training step (batch 1, 60-s
+           window, fp32) and one inference window, per scan backend ('pytorch', 'cpu-kernel', and 'triton' under
+           TRITON_INTERPRET=1 where the backend exists, each Triton launch counted as one), with the top operations
+           and the count per block; counted on the CPU, the same on every machine.
 """
-import argparse, json, os, resource, statistics, subprocess, sys, time
+import argparse, collections, json, os, resource, statistics, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +44,7 @@ def worker(job: str, scan: str, seconds: int, repeats: int, threads: int, model_
     import torch
     torch.set_num_threads(threads)
     if job == 'block': return block_worker(repeats)
+    if job == 'launches': return launches_worker(scan, seconds)
     if scan == 'baseline':
         from baseline_scan import use_baseline_scan
         use_baseline_scan()
@@ -66,6 +72,40 @@ def worker(job: str, scan: str, seconds: int, repeats: int, threads: int, model_
     return dict(job=job, scan=scan, model=model_name, seconds=seconds, threads=threads, wall_s=min(wall),
                 cpu_s=min(cpu),
                 peak_rss_mib=peak_rss_mib(), rss_before_step_mib=baseline_rss)
+
+
+def launches_worker(backend: str, seconds: int) -> dict:
+    "Operations dispatched by one training step and one inference window of the reference detector, `backend` scanning."
+    import torch
+    from brain_go_brrr import ssm
+    from brain_go_brrr.model import build_detector, detector_input, step_launches
+    ssm.scan_backend = lambda t: backend                   # every Mamba block's scan and convolution
+    cfg, _ = detector_input(PARAMS['v3'])
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    step_launches(model, torch.randn(1, cfg.n_channels, 256))    # warm-up: kernels compiled (and tuned) before counting
+    x = torch.randn(1, cfg.n_channels, seconds * 256)
+    result = dict(job='launches', backend=backend, seconds=seconds)
+    for job, train in (('train', True), ('infer', False)):
+        ops, blocks = collections.Counter(), collections.Counter()
+        for (block, op), n in step_launches(model, x, train).items():
+            ops[op] += n
+            blocks[block or '(outside blocks)'] += n
+        result[job] = dict(total=sum(ops.values()), top_ops=dict(ops.most_common(12)),
+                           blocks=dict(blocks.most_common()))
+    return result
+
+
+def scan_backends() -> list[str]:
+    "The scan backends this checkout has that count on a CPU: mamba-ssm's CUDA kernel does not."
+    from brain_go_brrr import ssm
+    return [b for b in ('pytorch', 'cpu-kernel', 'triton') if b in ssm._SCANS]
+
+
+def launches(seconds: int = 60) -> dict:
+    "`launches_worker` per scan backend, each in a fresh process; Triton's kernels under its interpreter."
+    env = lambda backend: {'TRITON_INTERPRET': '1'} if backend == 'triton' else {}
+    return {b: run_worker('launches', b, seconds=seconds, extra_env=env(b)) for b in scan_backends()}
 
 
 def block_worker(repeats: int) -> dict:
@@ -98,11 +138,12 @@ def block_worker(repeats: int) -> dict:
                 max_diff_vs_mambapy=diff('ours', 'mambapy'), max_diff_vs_baseline=diff('ours', 'baseline'))
 
 
-def run_worker(job, scan='ours', seconds=60, repeats=2, threads=2, model_name='v3') -> dict:
-    "A fresh interpreter for one measurement; its JSON line."
+def run_worker(job, scan='ours', seconds=60, repeats=2, threads=2, model_name='v3', extra_env=None) -> dict:
+    "A fresh interpreter for one measurement (`scan`: 'ours', 'baseline', or the backend whose launches to count)."
     cmd = [sys.executable, __file__, '--worker', job, '--scan', scan, '--seconds', str(seconds), '--repeats', str(repeats),
            '--threads', str(threads), '--model', model_name]
     env = os.environ | {'OMP_NUM_THREADS': str(threads), 'PYTHONPATH': os.pathsep.join([str(ROOT / 'bench'), str(ROOT)])}
+    env |= extra_env or {}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode: raise RuntimeError(f'{" ".join(cmd)} failed:\n{out.stderr[-3000:]}')
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -175,18 +216,35 @@ def report(results: dict) -> str:
                      f"SeizureTransformer "
                      f"{s['wall_s']:.2f} s ({60 / s['wall_s']:.0f} h per hour, peak {s['peak_rss_mib']:.0f} MiB); "
                      f"ratio {t['st_over_v3_wall']:.2f}")
+    if 'launches' in results:
+        lines += launches_report(results['launches'])
     return '\n'.join(lines)
+
+
+def launches_report(counts: dict) -> list[str]:
+    "The launch counts as lines: totals per backend, then each backend's top operations of a training step."
+    seconds = next(iter(counts.values()))['seconds']
+    lines = [f'operations dispatched, reference detector, batch 1, {seconds}-s window, fp32 (training step: forward + '
+             'backward; inference: no_grad forward):',
+             f'  {"backend":<12}{"training step":>15}{"inference":>12}']
+    lines += [f'  {b:<12}{c["train"]["total"]:>15,}{c["infer"]["total"]:>12,}' for b, c in counts.items()]
+    for b, c in counts.items():
+        top = ', '.join(f'{op} {n:,}' for op, n in c['train']['top_ops'].items())
+        blocks = ', '.join(f'{block} {n:,}' for block, n in c['train']['blocks'].items())
+        lines += [f'  {b} training step, top operations: {top}', f'  {b} training step, per block: {blocks}']
+    return lines
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog='python bench/bench_detector.py', description=__doc__.split('\n\n')[0])
-    p.add_argument('--only', nargs='*', choices=['train', 'infer', 'block', 'length', 'seizure_transformer'],
+    p.add_argument('--only', nargs='*',
+                   choices=['train', 'infer', 'block', 'length', 'seizure_transformer', 'launches'],
                    help='a subset of the measurements')
     p.add_argument('--pairs', type=int, default=2, help='baseline/ours process pairs per measurement (default 2)')
     p.add_argument('--out', type=Path, default=ROOT / 'outputs/bench/bench_detector.json', help='JSON written here')
-    p.add_argument('--worker', choices=['train', 'infer', 'block'], help=argparse.SUPPRESS)
+    p.add_argument('--worker', choices=['train', 'infer', 'block', 'launches'], help=argparse.SUPPRESS)
     p.add_argument('--scan', default='ours', help=argparse.SUPPRESS)
-    p.add_argument('--seconds', type=int, default=60, help=argparse.SUPPRESS)
+    p.add_argument('--seconds', type=int, default=60, help='window length of the launch count (default 60)')
     p.add_argument('--repeats', type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument('--threads', type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument('--model', default='v3', choices=tuple(PARAMS), help=argparse.SUPPRESS)
@@ -194,7 +252,7 @@ def main(argv=None):
     if a.worker:
         print(json.dumps(worker(a.worker, a.scan, a.seconds, a.repeats, a.threads, a.model)))
         return 0
-    jobs = a.only or ['train', 'infer', 'block', 'length', 'seizure_transformer']
+    jobs = a.only or ['train', 'infer', 'block', 'length', 'seizure_transformer', 'launches']
     results = {}
     for job in jobs:
         print(f'measuring {job} ...', file=sys.stderr, flush=True)
@@ -202,6 +260,7 @@ def main(argv=None):
         elif job == 'infer': results[job] = paired('infer', a.pairs, repeats=3)
         elif job == 'block': results[job] = run_worker('block', repeats=3, threads=1)
         elif job == 'seizure_transformer': results[job] = beside_baseline(a.pairs, repeats=3)
+        elif job == 'launches': results[job] = launches(a.seconds)
         else: results[job] = memory_against_length()
     import torch
     params = {k: str(v.relative_to(ROOT)) for k, v in PARAMS.items()}

@@ -5,16 +5,18 @@
 # %% auto #0
 __all__ = ['MODEL_CONFIGS', 'ModelConfig', 'DetectorConfig', 'TemporalBlock', 'TCNEncoder', 'Detector', 'model_name',
            'model_config', 'field_of', 'window_problems', 'build_detector', 'parameter_counts', 'traced_shapes',
-           'model_summary', 'detector_input', 'model_summary_cli']
+           'model_summary', 'LaunchCounter', 'step_launches', 'detector_input', 'model_summary_cli']
 
 # %% ../nbs/api/07_model.ipynb #75edc400
-import argparse, math, sys
+import argparse, collections, math, sys
 from typing import Annotated, Literal, Union
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.module_tracker import ModuleTracker
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 from .ssm import BiMamba
 from .graph import EdgeStream, GraphStream
@@ -211,6 +213,57 @@ def model_summary(cfg: DetectorConfig | SeizureTransformerConfig, batch: int = 1
     lines += ['', f'{"tensor":<{width}}shape (batch {batch}, {n_samples} samples)']
     lines += [f'{name:<{width}}{shape}' for name, shape in shapes]
     return '\n'.join(lines)
+
+# %% ../nbs/api/07_model.ipynb #a1c0de02
+class LaunchCounter(TorchDispatchMode):
+    "Operations dispatched inside `with`, as a Counter of (top-level block, op); a Triton kernel launch counts as one."
+    def __init__(self):
+        super().__init__()
+        self.counts, self.tracker, self.in_kernel = collections.Counter(), ModuleTracker(), 0
+
+    def block(self) -> str:
+        "The top-level block running now ('' outside every block): the second part of the deepest module's name."
+        deepest = max(self.tracker.parents, key=lambda name: name.count('.'))
+        return deepest.split('.')[1] if '.' in deepest else ''
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.in_kernel: self.counts[self.block(), func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+    def counted(self, run):
+        "Triton's `run` counting one launch per call, and none of what the launch dispatches itself."
+        def launch(kernel, *args, **kwargs):
+            if not kwargs.get('warmup'): self.counts[self.block(), f'triton:{kernel.fn.__name__}'] += 1
+            self.in_kernel += 1
+            try: return run(kernel, *args, **kwargs)
+            finally: self.in_kernel -= 1
+        return launch
+
+    def __enter__(self):
+        kernels = []
+        if 'triton' in sys.modules:        # imported by a backend that launches Triton kernels
+            from triton.runtime.jit import JITFunction
+            from triton.runtime.interpreter import InterpretedFunction
+            kernels = [JITFunction, InterpretedFunction]
+        self.originals = {cls: cls.run for cls in kernels}
+        for cls, run in self.originals.items(): cls.run = self.counted(run)
+        self.tracker.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        self.tracker.__exit__(*exc)
+        for cls, run in self.originals.items(): cls.run = run
+
+# %% ../nbs/api/07_model.ipynb #a1c0de06
+def step_launches(model: nn.Module, x: torch.Tensor, train: bool = True) -> collections.Counter:
+    "(block, op) counts of one training step of `model` on `x` (forward, mean, backward), or of one no-grad forward."
+    model.train(train)
+    model.zero_grad(set_to_none=True)
+    with LaunchCounter() as counter, torch.set_grad_enabled(train):
+        out = model(x)
+        if train: out.float().mean().backward()
+    return counter.counts
 
 # %% ../nbs/api/07_model.ipynb #189f808d
 def detector_input(path: str | Path) -> tuple[DetectorConfig | SeizureTransformerConfig, int]:
