@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from .cpu_kernels import CHUNK, KernelConv, KernelScan, cpu_kernels
 from .switches import switch
+from .triton_kernels import TritonConv, TritonScan, triton_available
 
 # %% ../nbs/api/07a_ssm.ipynb #b1951d88
 try:  # optional GPU extra: `pip install mamba-ssm` on a CUDA machine
@@ -100,8 +101,10 @@ def autocast_off(t: torch.Tensor):
 
 # %% ../nbs/api/07a_ssm.ipynb #3281337d
 def scan_backend(t: torch.Tensor) -> str:
-    "Which backend scans tensors like `t`: 'cuda-kernel' (mamba-ssm), 'cpu-kernel' (compiled here) or 'pytorch'."
+    "Which backend scans `t`: 'cuda-kernel' (mamba-ssm), 'triton', 'cpu-kernel' (compiled here) or 'pytorch'."
     if uses_cuda_kernels(t): return 'cuda-kernel'
+    if t.is_cuda:
+        return 'triton' if triton_available() and not switch('SEIZURE_MAMBA_FORCE_FALLBACK', False) else 'pytorch'
     return 'cpu-kernel' if t.device.type == 'cpu' and cpu_kernels() is not None else 'pytorch'
 
 # %% ../nbs/api/07a_ssm.ipynb #0d460e82
@@ -122,13 +125,16 @@ def _pytorch_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return y if z is None else y * F.silu(z)
 
 # %% ../nbs/api/07a_ssm.ipynb #6b304de5
-def _kernel_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    "The fused CPU kernel, which takes zeros for an absent skip or bias."
-    zeros = lambda t: t if t is not None else u.new_zeros(u.shape[-1])
-    return KernelScan.apply(u, delta, A, B, C, zeros(D), z, zeros(delta_bias), delta_softplus)
+def _fused_scan(kernel):
+    "The backend of a fused kernel (`KernelScan`, `TritonScan`), which takes zeros for an absent skip or bias."
+    def scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        zeros = lambda t: t if t is not None else u.new_zeros(u.shape[-1])
+        return kernel.apply(u, delta, A, B, C, zeros(D), z, zeros(delta_bias), delta_softplus)
+    return scan
 
 # %% ../nbs/api/07a_ssm.ipynb #8e6ea6ac
-_SCANS = {'cuda-kernel': _cuda_scan, 'cpu-kernel': _kernel_scan, 'pytorch': _pytorch_scan}
+_SCANS = {'cuda-kernel': _cuda_scan, 'triton': _fused_scan(TritonScan), 'cpu-kernel': _fused_scan(KernelScan),
+          'pytorch': _pytorch_scan}
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    backend=None) -> torch.Tensor:
@@ -148,9 +154,11 @@ def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      backend: str | None = None) -> torch.Tensor:
     "SiLU of the causal depthwise convolution of time-first `x` `(L, batch, channels)`; `weight` `(channels, K)`."
     bias = bias if bias is not None else weight.new_zeros(weight.shape[0])
-    if (backend or scan_backend(x)) == 'cpu-kernel' and x.device.type == 'cpu':
+    backend = backend or scan_backend(x)
+    if backend == 'triton' or backend == 'cpu-kernel' and x.device.type == 'cpu':
         dtype = torch.promote_types(x.dtype, weight.dtype)
-        return KernelConv.apply(x.to(dtype), weight.to(dtype), bias.to(dtype))
+        fused = TritonConv if backend == 'triton' else KernelConv
+        return fused.apply(x.to(dtype), weight.to(dtype), bias.to(dtype))
     K = weight.shape[1]
     padded = F.pad(x, (0, 0, 0, 0, K - 1, 0))
     return F.silu(sum(padded[i:i + len(x)] * weight[:, i] for i in range(K)) + bias)

@@ -1,13 +1,19 @@
 """The selective scan and causal convolution of every CPU backend against mamba-ssm's reference formula and against
 the stored-states scan they replaced (bench/baseline_scan.py): outputs and every gradient in float64, at lengths
 around the chunk length, primes and a window's 960 and 1000 steps; under bf16/fp16 autocast; and the memory claim
-(no `(L, batch, d_state, d_inner)` tensor is kept for the backward)."""
-import sys
+(no `(L, batch, d_state, d_inner)` tensor is kept for the backward).
+
+The Triton kernels (the CUDA backend without mamba-ssm) run here in Triton's interpreter on CPU tensors (compiled,
+on CUDA tensors, where a GPU is): the same equalities at float32 tolerances, with blocks shrunk so that small inputs
+run in several programs and channel blocks; skipped only where triton is not installed."""
+import subprocess, sys
+from types import SimpleNamespace
 from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
 
+from brain_go_brrr import triton_kernels
 from brain_go_brrr.cpu_kernels import CHUNK, cpu_kernels
 from brain_go_brrr.ssm import BiMamba, Mamba, causal_conv_silu, scan_backend, selective_scan, selective_scan_reference
 
@@ -140,3 +146,132 @@ def test_mamba_block_is_the_same_function_on_both_backends(monkeypatch):
         y.square().sum().backward()
         outs[backend] = [y.detach()] + [p.grad.clone() for p in block.parameters()]
     for a, b in zip(*outs.values()): assert torch.allclose(a, b, rtol=0, atol=1e-10 * b.abs().max().item())
+
+
+# --- the Triton kernels
+needs_triton = pytest.mark.skipif(not triton_kernels.triton_available(),
+                                  reason='triton is not installed (it is in requirements-test.lock, the test environment)')
+TRITON_DEVICE = 'cpu' if triton_kernels.interpreted() else 'cuda'
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    "Blocks of 4 channels and 16 time steps: 5 channels are two blocks (one partial), 64 steps four."
+    monkeypatch.setattr(triton_kernels, 'BLOCK_D', 4)
+    monkeypatch.setattr(triton_kernels, 'BLOCK_T', 16)
+
+
+def triton_scan(**t):
+    "`selective_scan` on the Triton backend, on the device its kernels run on here; the result back on the CPU."
+    on_device = {k: v.to(TRITON_DEVICE) for k, v in t.items()}
+    return selective_scan(**on_device, delta_softplus=True, backend='triton').cpu()
+
+
+def wide_reference(**t):
+    "The published formula in float64 on the same (rounded) values."
+    return reference(**{k: v.double() for k, v in t.items()})
+
+
+@needs_triton
+@pytest.mark.parametrize('L', LENGTHS)
+def test_triton_scan_equals_the_reference_formula(L, small_blocks):
+    """float32 against the formula in float64: two lanes, two channel blocks (four programs) up to 97 steps; beyond,
+    one program, which the interpreter's speed asks for (a program's loop is the same code at every length)."""
+    shape = dict(batch=2, d=5) if L <= 97 else dict(batch=1, d=4)
+    worst = differences(triton_scan, wide_reference, scan_inputs(L, **shape, dtype=torch.float32))
+    assert max(worst.values()) < 2e-5, worst
+
+
+@needs_triton
+def test_triton_scan_in_float64_is_the_formula_to_rounding(small_blocks):
+    "In float64 the kernels compute what the formula does to its last digits: the algorithm, not only its tolerance."
+    worst = differences(triton_scan, reference, scan_inputs(CHUNK + 9, batch=2, d=5))
+    assert max(worst.values()) < 1e-12, worst
+
+
+@needs_triton
+def test_triton_scan_without_the_optional_terms(small_blocks):
+    inputs = scan_inputs(CHUNK + 3, batch=2, d=5, dtype=torch.float32, optional=False)
+    with torch.no_grad(): inputs['delta'].abs_()         # no softplus: keep delta >= 0 so the reference stays finite
+    scan = lambda **t: selective_scan(**{k: v.to(TRITON_DEVICE) for k, v in t.items()}, backend='triton').cpu()
+    worst = differences(scan, lambda **t: reference(**{k: v.double() for k, v in t.items()}, delta_softplus=False),
+                        inputs)
+    assert max(worst.values()) < 2e-5, worst
+
+
+@needs_triton
+@pytest.mark.parametrize('dtype, tolerance', [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+def test_triton_scan_of_half_precision_inputs(dtype, tolerance, small_blocks):
+    """delta, B, C, z in half precision, as autocast's projections give them: scanned in float32, so the output is the
+    formula's on those values to float32 rounding; their gradients come back in their dtype (rounded to it)."""
+    t = scan_inputs(CHUNK + 9, batch=2, d=5, dtype=torch.float32)
+    halves = {k: v.detach().to(dtype).requires_grad_() if k in ('delta', 'B', 'C', 'z') else v for k, v in t.items()}
+    with torch.autocast(TRITON_DEVICE, dtype=dtype):
+        y = triton_scan(**halves)
+    assert y.dtype == torch.float32
+    worst = differences(triton_scan, wide_reference, halves)
+    assert worst['output'] < 2e-5 and max(worst.values()) < tolerance, worst
+
+
+@needs_triton
+@pytest.mark.parametrize('L', [1, 5, 64])
+def test_triton_conv_equals_pytorch_with_gradients(L, small_blocks):
+    "Against the PyTorch path in float64, on a strided view as in Mamba: four time blocks and two channel blocks at 64."
+    g = torch.Generator().manual_seed(L)
+    x = torch.randn(L, 3, 16, generator=g, dtype=torch.float64)[..., :6].requires_grad_()
+    w, b = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((6, 4), (6,)))
+    on_device = lambda *t: [v.to(TRITON_DEVICE) for v in t]
+    ys = [causal_conv_silu(*on_device(x, w, b), 'triton').cpu(), causal_conv_silu(x, w, b, 'pytorch')]
+    cot = torch.randn_like(ys[0])
+    grads = [torch.autograd.grad(y, (x, w, b), cot) for y in ys]
+    assert torch.allclose(ys[0], ys[1], rtol=0, atol=1e-12)
+    for a, c in zip(*grads): assert torch.allclose(a, c, rtol=0, atol=1e-12)
+
+
+@needs_triton
+def test_mamba_block_on_triton_is_the_block_on_the_cpu_kernel(monkeypatch):
+    "The whole block (the convolution and the scan, on views of in_proj's output) in float64, forward and backward."
+    torch.manual_seed(0)
+    block, x = Mamba(8, d_state=4).double(), torch.randn(2, CHUNK + 5, 8, dtype=torch.float64)
+    outs = {}
+    for backend, device in (('triton', TRITON_DEVICE), ('cpu-kernel', 'cpu')):
+        monkeypatch.setattr('brain_go_brrr.ssm.scan_backend', lambda t, b=backend: b)
+        block.to(device).zero_grad()
+        y = block(x.to(device))
+        y.square().sum().backward()
+        outs[backend] = [y.detach().cpu()] + [p.grad.cpu() for p in block.parameters()]
+    for a, b in zip(*outs.values()): assert torch.allclose(a, b, rtol=0, atol=1e-10 * b.abs().max().item())
+
+
+def cuda_like():
+    "What `scan_backend` reads of a CUDA tensor, on a machine without one."
+    return SimpleNamespace(is_cuda=True, device=torch.device('cuda'))
+
+
+def test_cuda_without_mamba_ssm_scans_in_triton(monkeypatch):
+    "mamba-ssm first, Triton next, the PyTorch scan when neither or when SEIZURE_MAMBA_FORCE_FALLBACK=1."
+    monkeypatch.setattr('brain_go_brrr.ssm._cuda_selective_scan', None)
+    monkeypatch.setattr('brain_go_brrr.ssm.triton_available', lambda: True)
+    monkeypatch.delenv('SEIZURE_MAMBA_FORCE_FALLBACK', raising=False)
+    assert scan_backend(cuda_like()) == 'triton'
+    monkeypatch.setenv('SEIZURE_MAMBA_FORCE_FALLBACK', '1')
+    assert scan_backend(cuda_like()) == 'pytorch'
+    monkeypatch.delenv('SEIZURE_MAMBA_FORCE_FALLBACK')
+    monkeypatch.setattr('brain_go_brrr.ssm._cuda_selective_scan', lambda *a, **k: None)
+    assert scan_backend(cuda_like()) == 'cuda-kernel'
+    monkeypatch.setattr('brain_go_brrr.ssm._cuda_selective_scan', None)
+    monkeypatch.setattr('brain_go_brrr.ssm.triton_available', lambda: False)
+    assert scan_backend(cuda_like()) == 'pytorch'
+    assert scan_backend(torch.zeros(1)) == 'cpu-kernel'
+
+
+def test_the_package_imports_without_triton():
+    "The main job's environment has no triton: the module imports, says so, and CUDA falls back to the PyTorch scan."
+    code = ("import sys; sys.modules['triton'] = None\n"   # `import triton` raises ImportError
+            "from types import SimpleNamespace; import torch\n"
+            "from brain_go_brrr import ssm, triton_kernels\n"
+            "assert not triton_kernels.triton_available()\n"
+            "ssm._cuda_selective_scan = None\n"
+            "print(ssm.scan_backend(SimpleNamespace(is_cuda=True, device=torch.device('cuda'))))")
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == 'pytorch', run.stderr
