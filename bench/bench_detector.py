@@ -18,10 +18,11 @@ Measures:
   length   peak memory of a training step at 15, 60 and 240-s windows (this project's scan): the fitted slope;
   seizure_transformer  inference (batch 1, no_grad, 60-s window) of the V3 detector and of SeizureTransformer at its
            published size (37.8M parameters), alternating, each in a fresh process: seconds and peak memory;
-  launches operations PyTorch dispatches (each at most one kernel launch on a GPU) in one training step (batch 1, 60-s
-           window, fp32) and one inference window, per scan backend ('pytorch', 'cpu-kernel', and 'triton' under
-           TRITON_INTERPRET=1 where the backend exists, each Triton launch counted as one), with the top operations
-           and the count per block; counted on the CPU, the same on every machine.
+  launches operations PyTorch dispatches (each a trip through the dispatcher, most a kernel launch on a GPU) in one
+           training step (batch 1, fp32) and one inference window, counted on CPU tensors, so the same on every machine:
+           the 'pytorch' and 'cpu-kernel' scans on the reference detector over 60 s; 'cpu-kernel' and 'triton' (in
+           Triton's interpreter, each launch one operation) on the reference's layers at small widths over 5 s, which
+           dispatch exactly the reference's operations (checked in nbs/api/07_model.ipynb).
 """
 import argparse, collections, json, os, resource, statistics, subprocess, sys, time
 from pathlib import Path
@@ -39,12 +40,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(job: str, scan: str, seconds: int, repeats: int, threads: int, model_name: str = 'v3') -> dict:
+def worker(job: str, scan: str, seconds: int, repeats: int, threads: int, model_name: str = 'v3',
+           layout: str = 'reference') -> dict:
     "One measurement in this (fresh) process; printed as one JSON line."
     import torch
     torch.set_num_threads(threads)
     if job == 'block': return block_worker(repeats)
-    if job == 'launches': return launches_worker(scan, seconds)
+    if job == 'launches': return launches_worker(scan, seconds, layout)
     if scan == 'baseline':
         from baseline_scan import use_baseline_scan
         use_baseline_scan()
@@ -74,18 +76,16 @@ def worker(job: str, scan: str, seconds: int, repeats: int, threads: int, model_
                 peak_rss_mib=peak_rss_mib(), rss_before_step_mib=baseline_rss)
 
 
-def launches_worker(backend: str, seconds: int) -> dict:
-    "Operations dispatched by one training step and one inference window of the reference detector, `backend` scanning."
+def launches_worker(backend: str, seconds: int, layout: str) -> dict:
+    "Operations dispatched by one training step and one inference window of the detector, `backend` scanning."
     import torch
     from brain_go_brrr import ssm
-    from brain_go_brrr.model import build_detector, detector_input, step_launches
+    from brain_go_brrr.model import REFERENCE_LAYOUT, Detector, detector_input, step_launches
     ssm.scan_backend = lambda t: backend                   # every Mamba block's scan and convolution
-    cfg, _ = detector_input(PARAMS['v3'])
+    cfg = detector_input(PARAMS['v3'])[0] if layout == 'reference' else REFERENCE_LAYOUT
     torch.manual_seed(0)
-    model = build_detector(cfg)
-    step_launches(model, torch.randn(1, cfg.n_channels, 256))    # warm-up: kernels compiled (and tuned) before counting
-    x = torch.randn(1, cfg.n_channels, seconds * 256)
-    result = dict(job='launches', backend=backend, seconds=seconds)
+    model, x = Detector(cfg), torch.randn(1, cfg.n_channels, seconds * 256)
+    result = dict(job='launches', backend=backend, layout=layout, seconds=seconds)
     for job, train in (('train', True), ('infer', False)):
         ops, blocks = collections.Counter(), collections.Counter()
         for (block, op), n in step_launches(model, x, train).items():
@@ -96,16 +96,15 @@ def launches_worker(backend: str, seconds: int) -> dict:
     return result
 
 
-def scan_backends() -> list[str]:
-    "The scan backends this checkout has that count on a CPU: mamba-ssm's CUDA kernel does not."
-    from brain_go_brrr import ssm
-    return [b for b in ('pytorch', 'cpu-kernel', 'triton') if b in ssm._SCANS]
-
-
-def launches(seconds: int = 60) -> dict:
-    "`launches_worker` per scan backend, each in a fresh process; Triton's kernels under its interpreter."
-    env = lambda backend: {'TRITON_INTERPRET': '1'} if backend == 'triton' else {}
-    return {b: run_worker('launches', b, seconds=seconds, extra_env=env(b)) for b in scan_backends()}
+def launches() -> list[dict]:
+    """`launches_worker` in a fresh process per count: the PyTorch and CPU-kernel scans on the reference, then the CPU
+    kernel and Triton's (in its interpreter, hours at the reference size) on its layout at small widths over 5 s."""
+    from brain_go_brrr.triton_kernels import triton_available
+    counts = [('pytorch', 'reference', 60), ('cpu-kernel', 'reference', 60), ('cpu-kernel', 'small', 5)]
+    counts += [('triton', 'small', 5)] if triton_available() else []
+    interpreted = {'TRITON_INTERPRET': '1'}                # CPU tensors: Triton's kernels in its interpreter
+    return [run_worker('launches', backend, seconds=seconds, layout=layout, extra_env=interpreted)
+            for backend, layout, seconds in counts]
 
 
 def block_worker(repeats: int) -> dict:
@@ -138,10 +137,11 @@ def block_worker(repeats: int) -> dict:
                 max_diff_vs_mambapy=diff('ours', 'mambapy'), max_diff_vs_baseline=diff('ours', 'baseline'))
 
 
-def run_worker(job, scan='ours', seconds=60, repeats=2, threads=2, model_name='v3', extra_env=None) -> dict:
+def run_worker(job, scan='ours', seconds=60, repeats=2, threads=2, model_name='v3', layout='reference',
+               extra_env=None) -> dict:
     "A fresh interpreter for one measurement (`scan`: 'ours', 'baseline', or the backend whose launches to count)."
     cmd = [sys.executable, __file__, '--worker', job, '--scan', scan, '--seconds', str(seconds), '--repeats', str(repeats),
-           '--threads', str(threads), '--model', model_name]
+           '--threads', str(threads), '--model', model_name, '--layout', layout]
     env = os.environ | {'OMP_NUM_THREADS': str(threads), 'PYTHONPATH': os.pathsep.join([str(ROOT / 'bench'), str(ROOT)])}
     env |= extra_env or {}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -221,17 +221,18 @@ def report(results: dict) -> str:
     return '\n'.join(lines)
 
 
-def launches_report(counts: dict) -> list[str]:
-    "The launch counts as lines: totals per backend, then each backend's top operations of a training step."
-    seconds = next(iter(counts.values()))['seconds']
-    lines = [f'operations dispatched, reference detector, batch 1, {seconds}-s window, fp32 (training step: forward + '
-             'backward; inference: no_grad forward):',
-             f'  {"backend":<12}{"training step":>15}{"inference":>12}']
-    lines += [f'  {b:<12}{c["train"]["total"]:>15,}{c["infer"]["total"]:>12,}' for b, c in counts.items()]
-    for b, c in counts.items():
+def launches_report(counts: list[dict]) -> list[str]:
+    "The launch counts as lines: totals per backend and model, then each count's top operations in a training step."
+    layouts = {'reference': 'reference (params/gpu_full.yaml)', 'small': 'its layers at small widths (REFERENCE_LAYOUT)'}
+    lines = ['operations dispatched at batch 1, fp32 (training step: forward + backward; inference: no_grad forward):',
+             f'  {"backend":<12}{"model":<48}{"window":>7}{"training step":>15}{"inference":>11}']
+    lines += [f'  {c["backend"]:<12}{layouts[c["layout"]]:<48}{c["seconds"]:>5} s{c["train"]["total"]:>15,}'
+              f'{c["infer"]["total"]:>11,}' for c in counts]
+    for c in counts:
         top = ', '.join(f'{op} {n:,}' for op, n in c['train']['top_ops'].items())
         blocks = ', '.join(f'{block} {n:,}' for block, n in c['train']['blocks'].items())
-        lines += [f'  {b} training step, top operations: {top}', f'  {b} training step, per block: {blocks}']
+        name = f'{c["backend"]}, {c["layout"]}, {c["seconds"]} s'
+        lines += [f'  {name}: top operations: {top}', f'  {name}: per block: {blocks}']
     return lines
 
 
@@ -244,13 +245,14 @@ def main(argv=None):
     p.add_argument('--out', type=Path, default=ROOT / 'outputs/bench/bench_detector.json', help='JSON written here')
     p.add_argument('--worker', choices=['train', 'infer', 'block', 'launches'], help=argparse.SUPPRESS)
     p.add_argument('--scan', default='ours', help=argparse.SUPPRESS)
-    p.add_argument('--seconds', type=int, default=60, help='window length of the launch count (default 60)')
+    p.add_argument('--seconds', type=int, default=60, help=argparse.SUPPRESS)
+    p.add_argument('--layout', default='reference', choices=['reference', 'small'], help=argparse.SUPPRESS)
     p.add_argument('--repeats', type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument('--threads', type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument('--model', default='v3', choices=tuple(PARAMS), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        print(json.dumps(worker(a.worker, a.scan, a.seconds, a.repeats, a.threads, a.model)))
+        print(json.dumps(worker(a.worker, a.scan, a.seconds, a.repeats, a.threads, a.model, a.layout)))
         return 0
     jobs = a.only or ['train', 'infer', 'block', 'length', 'seizure_transformer', 'launches']
     results = {}
@@ -260,7 +262,7 @@ def main(argv=None):
         elif job == 'infer': results[job] = paired('infer', a.pairs, repeats=3)
         elif job == 'block': results[job] = run_worker('block', repeats=3, threads=1)
         elif job == 'seizure_transformer': results[job] = beside_baseline(a.pairs, repeats=3)
-        elif job == 'launches': results[job] = launches(a.seconds)
+        elif job == 'launches': results[job] = launches()
         else: results[job] = memory_against_length()
     import torch
     params = {k: str(v.relative_to(ROOT)) for k, v in PARAMS.items()}

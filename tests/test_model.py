@@ -1,5 +1,5 @@
 "Detector tests that need more than a notebook cell: parameter files, numerical robustness, PE work and memory, checkpoints."
-import io, os, subprocess, sys
+import collections, io, os, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from brain_go_brrr.graph import (DenseSSGConv, EdgeStream, count_decompositions, dense_adjacency, gcn_normalized,
                                  pair_index, sparsify)
 from brain_go_brrr import ssm
-from brain_go_brrr.model import (Detector, DetectorConfig, LaunchCounter, detector_input, parameter_counts,
-                                 step_launches, traced_shapes)
+from brain_go_brrr.model import (REFERENCE_LAYOUT, Detector, DetectorConfig, LaunchCounter, detector_input,
+                                 parameter_counts, step_launches, traced_shapes)
+from brain_go_brrr.triton_kernels import interpreted
 from brain_go_brrr.ssm import Mamba, uses_cuda_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,13 +215,8 @@ def test_cuda_kernel_equals_the_pytorch_scan():
     assert torch.allclose(fast, slow, atol=1e-4)
 
 
-# every layer count of the reference (params/gpu_full.yaml), at small widths: the reference's operations, in seconds
-REFERENCE_LAYOUT = DetectorConfig(tcn_base_channels=2, tcn_channels=32, d_node=8, node_d_state=4, edge_dim=4,
-                                  edge_d_state=4, pe_k=4)
-
-
 def _training_step_launches(monkeypatch, backend, steps):
-    "Operations dispatched by a training step of the reference layout over `steps` time steps, `backend` scanning."
+    "Operations dispatched by a training step of the reference's layers (small widths) over `steps` time steps."
     monkeypatch.setattr(ssm, 'scan_backend', lambda t: backend)
     torch.manual_seed(0)
     return step_launches(Detector(REFERENCE_LAYOUT), torch.randn(1, 19, 16 * steps))
@@ -234,6 +230,20 @@ def test_a_training_step_dispatches_the_same_few_operations_at_any_window_length
     assert sum(short.values()) < 6000
     looped = [sum(_training_step_launches(monkeypatch, 'pytorch', steps).values()) for steps in (32, 64)]
     assert looped[1] > looped[0] + 32 * 16          # at least one operation per step in each of the 16 Mamba blocks
+
+
+def test_the_triton_backend_launches_each_kernel_once_per_mamba_block_and_pass(monkeypatch):
+    """16 Mamba blocks, checkpointed: the convolution and the scan forward twice (forward, recompute), their backward
+    once; under 6,000 operations in all."""
+    pytest.importorskip('triton')
+    if not interpreted(): pytest.skip('counted here on CPU tensors, with the kernels in Triton\'s interpreter')
+    counts = _training_step_launches(monkeypatch, 'triton', 16)
+    launches = collections.Counter()
+    for (block, op), n in counts.items():
+        if op.startswith('triton:'): launches[op] += n
+    assert launches == {'triton:_conv_forward': 32, 'triton:_scan_forward': 32, 'triton:_scan_backward': 16,
+                        'triton:_conv_backward': 16}
+    assert sum(counts.values()) < 6000
 
 
 def test_a_triton_launch_counts_as_one_operation(monkeypatch):
