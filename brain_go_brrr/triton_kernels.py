@@ -33,7 +33,7 @@ def interpreted() -> bool:
 _kernel = triton.jit if triton is not None else (lambda fn: None)
 
 # %% ../nbs/api/07e_triton_kernels.ipynb #cf83617a
-BLOCK_D, BLOCK_T, NUM_WARPS = 32, 64, 1
+BLOCK_D, BLOCK_T, NUM_WARPS = 32, 32, 2
 
 # %% ../nbs/api/07e_triton_kernels.ipynb #e35d85ba
 @_kernel
@@ -102,7 +102,8 @@ def _scan_backward(u, dt, A, B, C, Dk, z, bias, states, gout, work_, gu, gdt, gz
             tt = tl.cast(s + i, tl.int64)
             uu = tl.load(u + tt * su_t + b * su_b + d, mask=dm, other=0.)
             raw = tl.load(dt + tt * sdt_t + b * sdt_b + d, mask=dm, other=0.) + dbias
-            delta = tl.where(raw > 20., raw, tl.log(1. + tl.exp(raw))) if SOFTPLUS else raw
+            delta = raw
+            if SOFTPLUS: delta = tl.where(raw > 20., raw, tl.log(1. + tl.exp(raw)))
             Bt = tl.load(B + tt * sB_t + b * sB_b + n, mask=nm, other=0.)
             Ct = tl.load(C + tt * sC_t + b * sC_b + n, mask=nm, other=0.)
             go = tl.load(gout + tt * sg_t + b * sg_b + d, mask=dm, other=0.)

@@ -175,9 +175,9 @@ def wide_reference(**t):
 @needs_triton
 @pytest.mark.parametrize('L', LENGTHS)
 def test_triton_scan_equals_the_reference_formula(L, small_blocks):
-    """float32 against the formula in float64: two lanes, two channel blocks (four programs) up to 97 steps; beyond,
+    """float32 against the formula in float64: two lanes, two channel blocks (four programs) up to 33 steps; beyond,
     one program, which the interpreter's speed asks for (a program's loop is the same code at every length)."""
-    shape = dict(batch=2, d=5) if L <= 97 else dict(batch=1, d=4)
+    shape = dict(batch=2, d=5) if L <= CHUNK + 1 else dict(batch=1, d=4)
     worst = differences(triton_scan, wide_reference, scan_inputs(L, **shape, dtype=torch.float32))
     assert max(worst.values()) < 2e-5, worst
 
@@ -241,6 +241,32 @@ def test_mamba_block_on_triton_is_the_block_on_the_cpu_kernel(monkeypatch):
         y.square().sum().backward()
         outs[backend] = [y.detach().cpu()] + [p.grad.cpu() for p in block.parameters()]
     for a, b in zip(*outs.values()): assert torch.allclose(a, b, rtol=0, atol=1e-10 * b.abs().max().item())
+
+
+COMPILE_FOR_SM90 = """
+import os
+os.environ['TRITON_INTERPRET'] = '0'                   # compile, whatever this machine has
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from brain_go_brrr import triton_kernels as tk
+scan = dict(HAS_Z=True, SOFTPLUS=True, CHUNK=32, BLOCK_D=tk.BLOCK_D, BLOCK_N=16)
+conv = dict(K=4, ACC=tl.float32, BLOCK_T=tk.BLOCK_T, BLOCK_D=tk.BLOCK_D)
+for kernel, constants, warps in ((tk._scan_forward, scan, tk.NUM_WARPS), (tk._scan_backward, scan, tk.NUM_WARPS),
+                                 (tk._conv_forward, conv, 4), (tk._conv_backward, conv, 4)):
+    integer = lambda name: name in ('L', 'lanes', 'D', 'N') or name.startswith('s') and name[-2:] in ('_t', '_b')
+    signature = {a: 'constexpr' if a in constants else 'i32' if integer(a) else '*fp32' for a in kernel.arg_names}
+    source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constants)
+    assert triton.compile(source, target=GPUTarget('cuda', 90, 32), options=dict(num_warps=warps)).asm['cubin']
+print('compiled')
+"""
+
+
+@needs_triton
+def test_the_triton_kernels_compile_for_a_gpu():
+    """The interpreter runs the kernels as Python; Triton's compiler (its frontend, LLVM and the bundled ptxas) needs
+    no GPU, so the training configuration is compiled to an sm_90 (H100/H200) cubin here, as on a GPU's first step."""
+    run = subprocess.run([sys.executable, '-c', COMPILE_FOR_SM90], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and 'compiled' in run.stdout, run.stderr[-3000:]
 
 
 def cuda_like():
