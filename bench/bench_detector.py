@@ -6,10 +6,10 @@ Every figure comes from fresh processes, the two implementations alternating (A 
 drifts affects both alike; ratios are taken pair by pair and their median reported. Peak memory is each process's
 peak resident set (what `/usr/bin/time -v` reports as "Maximum resident set size").
 
-    python bench/bench_detector.py                       # everything, about 4 minutes on 2 cores
+    python bench/bench_detector.py                       # everything, about 13 minutes on 2 cores
     python bench/bench_detector.py --only block --out block.json
     python bench/bench_detector.py --only seizure_transformer
-    python bench/bench_detector.py --only launches       # operations dispatched per step, per scan backend
+    python bench/bench_detector.py --only launches       # operations per step, per scan backend (9 min)
 
 Measures:
   train    one training step (forward + backward, batch 1, one 60-s window): seconds and peak memory;
