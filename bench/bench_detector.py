@@ -223,7 +223,8 @@ def report(results: dict) -> str:
 
 def launches_report(counts: list[dict]) -> list[str]:
     "The launch counts as lines: totals per backend and model, then each count's top operations in a training step."
-    layouts = {'reference': 'reference (params/gpu_full.yaml)', 'small': 'its layers at small widths (REFERENCE_LAYOUT)'}
+    layouts = {'reference': 'reference (params/gpu_full.yaml)',
+               'small': 'its layers at small widths (REFERENCE_LAYOUT)'}
     lines = ['operations dispatched at batch 1, fp32 (training step: forward + backward; inference: no_grad forward):',
              f'  {"backend":<12}{"model":<48}{"window":>7}{"training step":>15}{"inference":>11}']
     lines += [f'  {c["backend"]:<12}{layouts[c["layout"]]:<48}{c["seconds"]:>5} s{c["train"]["total"]:>15,}'
