@@ -6,9 +6,10 @@ Every figure comes from fresh processes, the two implementations alternating (A 
 drifts affects both alike; ratios are taken pair by pair and their median reported. Peak memory is each process's
 peak resident set (what `/usr/bin/time -v` reports as "Maximum resident set size").
 
-    python bench/bench_detector.py                       # everything, about 4 minutes on 2 cores
+    python bench/bench_detector.py                       # everything, about 13 minutes on 2 cores
     python bench/bench_detector.py --only block --out block.json
     python bench/bench_detector.py --only seizure_transformer
+    python bench/bench_detector.py --only launches       # operations per step, per scan backend (9 min)
 
 Measures:
   train    one training step (forward + backward, batch 1, one 60-s window): seconds and peak memory;
@@ -16,9 +17,14 @@ Measures:
   block    one Mamba block, 19 x 960 x 64, d_state 16, forward + backward on 1 thread: ours, the baseline, mambapy;
   length   peak memory of a training step at 15, 60 and 240-s windows (this project's scan): the fitted slope;
   seizure_transformer  inference (batch 1, no_grad, 60-s window) of the V3 detector and of SeizureTransformer at its
-           published size (37.8M parameters), alternating, each in a fresh process: seconds and peak memory.
+           published size (37.8M parameters), alternating, each in a fresh process: seconds and peak memory;
+  launches operations PyTorch dispatches (each a trip through the dispatcher, most a kernel launch on a GPU) in one
+           training step (batch 1, fp32) and one inference window, counted on CPU tensors, so the same on every machine:
+           the 'pytorch' and 'cpu-kernel' scans on the reference detector over 60 s; 'cpu-kernel' and 'triton' (in
+           Triton's interpreter, each launch one operation) on the reference's layers at small widths over 5 s, which
+           dispatch exactly the reference's operations (checked in nbs/api/07_model.ipynb).
 """
-import argparse, json, os, resource, statistics, subprocess, sys, time
+import argparse, collections, json, os, resource, statistics, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,11 +40,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(job: str, scan: str, seconds: int, repeats: int, threads: int, model_name: str = 'v3') -> dict:
+def worker(job: str, scan: str, seconds: int, repeats: int, threads: int, model_name: str = 'v3',
+           layout: str = 'reference') -> dict:
     "One measurement in this (fresh) process; printed as one JSON line."
     import torch
     torch.set_num_threads(threads)
     if job == 'block': return block_worker(repeats)
+    if job == 'launches': return launches_worker(scan, seconds, layout)
     if scan == 'baseline':
         from baseline_scan import use_baseline_scan
         use_baseline_scan()
@@ -66,6 +74,37 @@ def worker(job: str, scan: str, seconds: int, repeats: int, threads: int, model_
     return dict(job=job, scan=scan, model=model_name, seconds=seconds, threads=threads, wall_s=min(wall),
                 cpu_s=min(cpu),
                 peak_rss_mib=peak_rss_mib(), rss_before_step_mib=baseline_rss)
+
+
+def launches_worker(backend: str, seconds: int, layout: str) -> dict:
+    "Operations dispatched by one training step and one inference window of the detector, `backend` scanning."
+    import torch
+    from brain_go_brrr import ssm
+    from brain_go_brrr.model import REFERENCE_LAYOUT, Detector, detector_input, step_launches
+    ssm.scan_backend = lambda t: backend                   # every Mamba block's scan and convolution
+    cfg = detector_input(PARAMS['v3'])[0] if layout == 'reference' else REFERENCE_LAYOUT
+    torch.manual_seed(0)
+    model, x = Detector(cfg), torch.randn(1, cfg.n_channels, seconds * 256)
+    result = dict(job='launches', backend=backend, layout=layout, seconds=seconds)
+    for job, train in (('train', True), ('infer', False)):
+        ops, blocks = collections.Counter(), collections.Counter()
+        for (block, op), n in step_launches(model, x, train).items():
+            ops[op] += n
+            blocks[block or '(outside blocks)'] += n
+        result[job] = dict(total=sum(ops.values()), top_ops=dict(ops.most_common(12)),
+                           blocks=dict(blocks.most_common()))
+    return result
+
+
+def launches() -> list[dict]:
+    """`launches_worker` in a fresh process per count: the PyTorch and CPU-kernel scans on the reference, then the CPU
+    kernel and Triton's (in its interpreter, hours at the reference size) on its layout at small widths over 5 s."""
+    from brain_go_brrr.triton_kernels import triton_available
+    counts = [('pytorch', 'reference', 60), ('cpu-kernel', 'reference', 60), ('cpu-kernel', 'small', 5)]
+    counts += [('triton', 'small', 5)] if triton_available() else []
+    interpreted = {'TRITON_INTERPRET': '1'}                # CPU tensors: Triton's kernels in its interpreter
+    return [run_worker('launches', backend, seconds=seconds, layout=layout, extra_env=interpreted)
+            for backend, layout, seconds in counts]
 
 
 def block_worker(repeats: int) -> dict:
@@ -98,11 +137,13 @@ def block_worker(repeats: int) -> dict:
                 max_diff_vs_mambapy=diff('ours', 'mambapy'), max_diff_vs_baseline=diff('ours', 'baseline'))
 
 
-def run_worker(job, scan='ours', seconds=60, repeats=2, threads=2, model_name='v3') -> dict:
-    "A fresh interpreter for one measurement; its JSON line."
+def run_worker(job, scan='ours', seconds=60, repeats=2, threads=2, model_name='v3', layout='reference',
+               extra_env=None) -> dict:
+    "A fresh interpreter for one measurement (`scan`: 'ours', 'baseline', or the backend whose launches to count)."
     cmd = [sys.executable, __file__, '--worker', job, '--scan', scan, '--seconds', str(seconds), '--repeats', str(repeats),
-           '--threads', str(threads), '--model', model_name]
+           '--threads', str(threads), '--model', model_name, '--layout', layout]
     env = os.environ | {'OMP_NUM_THREADS': str(threads), 'PYTHONPATH': os.pathsep.join([str(ROOT / 'bench'), str(ROOT)])}
+    env |= extra_env or {}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode: raise RuntimeError(f'{" ".join(cmd)} failed:\n{out.stderr[-3000:]}')
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -175,26 +216,46 @@ def report(results: dict) -> str:
                      f"SeizureTransformer "
                      f"{s['wall_s']:.2f} s ({60 / s['wall_s']:.0f} h per hour, peak {s['peak_rss_mib']:.0f} MiB); "
                      f"ratio {t['st_over_v3_wall']:.2f}")
+    if 'launches' in results:
+        lines += launches_report(results['launches'])
     return '\n'.join(lines)
+
+
+def launches_report(counts: list[dict]) -> list[str]:
+    "The launch counts as lines: totals per backend and model, then each count's top operations in a training step."
+    layouts = {'reference': 'reference (params/gpu_full.yaml)',
+               'small': 'its layers at small widths (REFERENCE_LAYOUT)'}
+    lines = ['operations dispatched at batch 1, fp32 (training step: forward + backward; inference: no_grad forward):',
+             f'  {"backend":<12}{"model":<48}{"window":>7}{"training step":>15}{"inference":>11}']
+    lines += [f'  {c["backend"]:<12}{layouts[c["layout"]]:<48}{c["seconds"]:>5} s{c["train"]["total"]:>15,}'
+              f'{c["infer"]["total"]:>11,}' for c in counts]
+    for c in counts:
+        top = ', '.join(f'{op} {n:,}' for op, n in c['train']['top_ops'].items())
+        blocks = ', '.join(f'{block} {n:,}' for block, n in c['train']['blocks'].items())
+        name = f'{c["backend"]}, {c["layout"]}, {c["seconds"]} s'
+        lines += [f'  {name}: top operations: {top}', f'  {name}: per block: {blocks}']
+    return lines
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog='python bench/bench_detector.py', description=__doc__.split('\n\n')[0])
-    p.add_argument('--only', nargs='*', choices=['train', 'infer', 'block', 'length', 'seizure_transformer'],
+    p.add_argument('--only', nargs='*',
+                   choices=['train', 'infer', 'block', 'length', 'seizure_transformer', 'launches'],
                    help='a subset of the measurements')
     p.add_argument('--pairs', type=int, default=2, help='baseline/ours process pairs per measurement (default 2)')
     p.add_argument('--out', type=Path, default=ROOT / 'outputs/bench/bench_detector.json', help='JSON written here')
-    p.add_argument('--worker', choices=['train', 'infer', 'block'], help=argparse.SUPPRESS)
+    p.add_argument('--worker', choices=['train', 'infer', 'block', 'launches'], help=argparse.SUPPRESS)
     p.add_argument('--scan', default='ours', help=argparse.SUPPRESS)
     p.add_argument('--seconds', type=int, default=60, help=argparse.SUPPRESS)
+    p.add_argument('--layout', default='reference', choices=['reference', 'small'], help=argparse.SUPPRESS)
     p.add_argument('--repeats', type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument('--threads', type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument('--model', default='v3', choices=tuple(PARAMS), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        print(json.dumps(worker(a.worker, a.scan, a.seconds, a.repeats, a.threads, a.model)))
+        print(json.dumps(worker(a.worker, a.scan, a.seconds, a.repeats, a.threads, a.model, a.layout)))
         return 0
-    jobs = a.only or ['train', 'infer', 'block', 'length', 'seizure_transformer']
+    jobs = a.only or ['train', 'infer', 'block', 'length', 'seizure_transformer', 'launches']
     results = {}
     for job in jobs:
         print(f'measuring {job} ...', file=sys.stderr, flush=True)
@@ -202,6 +263,7 @@ def main(argv=None):
         elif job == 'infer': results[job] = paired('infer', a.pairs, repeats=3)
         elif job == 'block': results[job] = run_worker('block', repeats=3, threads=1)
         elif job == 'seizure_transformer': results[job] = beside_baseline(a.pairs, repeats=3)
+        elif job == 'launches': results[job] = launches()
         else: results[job] = memory_against_length()
     import torch
     params = {k: str(v.relative_to(ROOT)) for k, v in PARAMS.items()}

@@ -1,5 +1,5 @@
 "Detector tests that need more than a notebook cell: parameter files, numerical robustness, PE work and memory, checkpoints."
-import io, os, subprocess, sys
+import collections, io, os, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -7,7 +7,10 @@ import torch.nn.functional as F
 
 from brain_go_brrr.graph import (DenseSSGConv, EdgeStream, count_decompositions, dense_adjacency, gcn_normalized,
                                  pair_index, sparsify)
-from brain_go_brrr.model import Detector, DetectorConfig, detector_input, parameter_counts, traced_shapes
+from brain_go_brrr import ssm
+from brain_go_brrr.model import (REFERENCE_LAYOUT, Detector, DetectorConfig, LaunchCounter, detector_input,
+                                 parameter_counts, step_launches, traced_shapes)
+from brain_go_brrr.triton_kernels import interpreted
 from brain_go_brrr.ssm import Mamba, uses_cuda_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,3 +213,53 @@ def test_cuda_kernel_equals_the_pytorch_scan():
     try: slow = block(x)
     finally: del os.environ['SEIZURE_MAMBA_FORCE_FALLBACK']
     assert torch.allclose(fast, slow, atol=1e-4)
+
+
+def _training_step_launches(monkeypatch, backend, steps):
+    "Operations dispatched by a training step of the reference's layers (small widths) over `steps` time steps."
+    monkeypatch.setattr(ssm, 'scan_backend', lambda t: backend)
+    torch.manual_seed(0)
+    return step_launches(Detector(REFERENCE_LAYOUT), torch.randn(1, 19, 16 * steps))
+
+
+def test_a_training_step_dispatches_the_same_few_operations_at_any_window_length(monkeypatch):
+    """With a fused scan nothing loops over time steps: the same operations at 32 and 64 steps, under 6,000 (4,078 at
+    the reference size, the issue's goal 10,000); the PyTorch scan's per-step loop shows, so a loop elsewhere would."""
+    short, long = (_training_step_launches(monkeypatch, 'cpu-kernel', steps) for steps in (32, 64))
+    assert short == long
+    assert sum(short.values()) < 6000
+    looped = [sum(_training_step_launches(monkeypatch, 'pytorch', steps).values()) for steps in (32, 64)]
+    assert looped[1] > looped[0] + 32 * 16          # at least one operation per step in each of the 16 Mamba blocks
+
+
+def test_the_triton_backend_launches_each_kernel_once_per_mamba_block_and_pass(monkeypatch):
+    """16 Mamba blocks, checkpointed: the convolution and the scan forward twice (forward, recompute), their backward
+    once; under 6,000 operations in all."""
+    pytest.importorskip('triton')
+    if not interpreted(): pytest.skip('counted here on CPU tensors, with the kernels in Triton\'s interpreter')
+    counts = _training_step_launches(monkeypatch, 'triton', 16)
+    launches = collections.Counter()
+    for (block, op), n in counts.items():
+        if op.startswith('triton:'): launches[op] += n
+    assert launches == {'triton:_conv_forward': 32, 'triton:_scan_forward': 32, 'triton:_scan_backward': 16,
+                        'triton:_conv_backward': 16}
+    assert sum(counts.values()) < 6000
+
+
+def test_a_triton_launch_counts_as_one_operation(monkeypatch):
+    "Under Triton's interpreter the kernel's own work is not counted: one launch, one operation."
+    triton = pytest.importorskip('triton')
+    import triton.language as tl
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+
+    @triton.jit
+    def double(x_ptr, n, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(x_ptr + offsets, tl.load(x_ptr + offsets, mask=offsets < n) * 2, mask=offsets < n)
+
+    x = torch.ones(100)
+    with LaunchCounter() as counter:
+        double[(4,)](x, 100, BLOCK=32)
+        double[(4,)](x, 100, BLOCK=32)
+    assert counter.counts == {('', 'triton:double'): 2}
+    assert torch.equal(x, torch.full((100,), 4.0))
