@@ -25,7 +25,7 @@ from .seizure_transformer import (RELEASED_POST, RELEASED_PROFILE, RELEASED_SWEE
                                                read_released_state_dict, released_config, released_events,
                                                released_probabilities)
 from .signal import EegReader, PreprocessedEeg
-from .tusz import RECORDING_SUFFIXES, mask_events
+from .tusz import RECORDING_SUFFIXES, files_under, mask_events
 
 log = logging.getLogger('brain_go_brrr')
 
@@ -358,6 +358,11 @@ def write_figures(d: Detection, signal: PreprocessedEeg, channels: list[str], th
             plt.close(page)
     return [png, pdf]
 
+# %% ../nbs/api/09a_detect.ipynb #d61a2619
+def _inside(stem: Path) -> bool:
+    "Whether output files named `stem.*` stay in the output folder: a recording `..edf` has the stem `.`."
+    return stem.name not in ('', '.', '..') and '..' not in stem.parts
+
 # %% ../nbs/api/09a_detect.ipynb #5e15b329
 MNE_SUFFIXES = ('.fif', '.vhdr', '.set', '.gdf', '.cnt')  # besides EDF and BDF; compared lower-cased
 
@@ -365,13 +370,16 @@ def recordings_to_detect(paths) -> list[tuple[Path, Path]]:
     "(recording, its output stem relative to the output folder) for files and folders, searched recursively."
     found = []
     for p in map(Path, paths):
-        if p.is_dir():
-            files = sorted(f for f in p.rglob('*') if f.suffix.lower() in RECORDING_SUFFIXES + MNE_SUFFIXES)
+        if p.is_dir():  # the corpus walks' walk: symlinked folders followed, each real folder once
+            files = [f for f in files_under(p) if f.suffix.lower() in RECORDING_SUFFIXES + MNE_SUFFIXES]
             found += [(f, f.relative_to(p).with_suffix('')) for f in files]
         elif p.exists(): found.append((p, Path(p.stem)))
         else: raise FileNotFoundError(f'{p}: no such file or folder')
+    if outside := next((f for f, stem in found if not _inside(stem)), None):
+        raise ValueError(f'{outside}: its name gives no output name inside the output folder (stem {outside.stem!r}); '
+                         'rename the file')
     stems = {}
-    for f, stem in found: stems.setdefault(stem, []).append(f)
+    for f, stem in found: stems.setdefault(str(stem).lower(), []).append(f)  # one file on a case-insensitive disk
     if clash := {s: fs for s, fs in stems.items() if len(fs) > 1}:
         s, fs = next(iter(clash.items()))
         raise ValueError(f'{len(fs)} recordings would write {s}.*: {", ".join(map(str, fs))}; give their folder '
