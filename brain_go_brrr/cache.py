@@ -373,7 +373,7 @@ def cache_files(files, cache_dir, config: dict, load=load_tusz, workers: int = 1
 # %% ../nbs/api/04_cache.ipynb #e62034c0
 def build_cache(data_dir, cache_dir, split: str = 'train', workers: int = 1, progress: bool = True,
                 verify: bool = False, **preprocessing) -> dict:
-    "Bring the cache of a TUSZ `split` (either layout) in line with its EDFs (resumes a killed build); returns the scan."
+    "Bring the cache of a TUSZ `split` (v2.0 or v1.5.2) in line with its EDFs (resumes a killed build); its scan."
     files = discover(data_dir, split)
     if not files: raise FileNotFoundError(f'{Path(data_dir) / "edf" / split}: no .edf files found')
     config = preprocessing_config(data_dir, split, layout=files[0].layout, **preprocessing)

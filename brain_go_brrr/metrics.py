@@ -354,7 +354,9 @@ def _bars_with_intervals(ax, figures: Mapping, cis: Mapping, scorers: list, figu
         ci = [((cis or {}).get(point, {}).get(n) or {}).get(figure) for n in scorers]
         err = np.array([[s - c['low'], c['high'] - s] if c and c['low'] is not None else [np.nan] * 2
                         for s, c in zip(v, ci)]).T
-        ax.bar(x, v, width, yerr=err, capsize=3, label=point)
+        # a one-subject split's interval is its value up to rounding, which can put it a few ulp off the value, and
+        # matplotlib refuses a negative error (seen on a one-subject dev split of tests/test_tusz_v152.py)
+        ax.bar(x, v, width, yerr=np.clip(err, 0, None), capsize=3, label=point)
     ax.set_xticks(range(len(scorers)), [n.replace('_', '\n', 1).replace(' ', '\n', 1) for n in scorers])  # narrow
 
 

@@ -446,7 +446,8 @@ def lbl_text(reference: str, channel_rows) -> str:
     montage = [f'montage = {i:2d}, {a}-{b}: EEG {a}-{reference} --  EEG {b}-{reference}'
                for i, (a, b) in enumerate(TCP_PAIRS)]
     symbols = ', '.join(f"{k}: '{s}'" for k, s in enumerate(LBL_SYMBOLS))
-    labels = [f'label = {{0, 0, {a:.4f}, {b:.4f}, {i}, [{", ".join("1.0" if s == lab else "0.0" for s in LBL_SYMBOLS)}]}}'
+    one_hot = lambda label: ', '.join('1.0' if s == label else '0.0' for s in LBL_SYMBOLS)
+    labels = [f'label = {{0, 0, {a:.4f}, {b:.4f}, {i}, [{one_hot(lab)}]}}'
               for i, rows in enumerate(channel_rows) for a, b, lab in rows]
     return '\n'.join(['version = lbl_v1.0.0', '', *montage, '', 'number_of_levels = 1', '', 'level[0] = 1', '',
                       f'symbols[0] = {{{symbols}}}', '', *labels]) + '\n'
@@ -467,14 +468,14 @@ def write_annotations(edf_path, seconds, seizures: list[Seizure], montage_file, 
     if layout == 'v2.0':
         edf_path.with_suffix('.csv_bi').write_text(annotation_text(edf_path.stem, seconds, montage_file,
                                                                    [('TERM', *r) for r in term]))
-        edf_path.with_suffix('.csv').write_text(annotation_text(edf_path.stem, seconds, montage_file,
-                                                                [(c, *r) for c, rows in channels.items() for r in rows]))
+        per_channel = [(c, *r) for c, rows in channels.items() for r in rows]
+        edf_path.with_suffix('.csv').write_text(annotation_text(edf_path.stem, seconds, montage_file, per_channel))
         return
     edf_path.with_suffix('.tse_bi').write_text(tse_text(term))
     edf_path.with_suffix('.tse').write_text(tse_text(fill_background([(s.start, s.stop, s.kind) for s in seizures],
                                                                      seconds)))
-    edf_path.with_suffix('.lbl_bi').write_text(lbl_text(reference, [[(a, b, 'bckg' if lab == 'bckg' else 'seiz')
-                                                                     for a, b, lab in rows] for rows in channels.values()]))
+    two_class = [[(a, b, 'bckg' if lab == 'bckg' else 'seiz') for a, b, lab in rows] for rows in channels.values()]
+    edf_path.with_suffix('.lbl_bi').write_text(lbl_text(reference, two_class))
 
 # %% ../nbs/api/03_synth.ipynb #09eedfa4
 SYNTH_VERSION = {'tusz': 1, 'tuab': 2, 'sleep-edf': 1}  # bump a corpus's when the generator changes what it writes

@@ -53,6 +53,14 @@ def test_the_cache_says_v152_and_holds_the_arrays_of_the_same_corpus_in_v2(v152,
     assert digests('old') == digests('new')
 
 
+def test_the_seizure_types_come_from_the_tse(v152):
+    from brain_go_brrr.metrics import UNTYPED, reference_types, split_recordings
+    split = split_recordings(discover(v152['data_dir'], 'dev'))
+    assert {Path(p).suffix for p in split.channel_files.values()} == {'.tse'}
+    types = [t for ts in reference_types(split).values() for t in ts]
+    assert types and UNTYPED not in types, types
+
+
 def test_train_evaluate_and_detect_on_v152(v152, tmp_path):
     import papermill as pm
     p = tiny(v152, tmp_path / 'run', epochs=1, epoch_size=8)
