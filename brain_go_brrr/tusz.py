@@ -69,12 +69,12 @@ def layout_of(path: Path, parts: tuple[str, ...]) -> str:
 def parse_edf_path(path: Path, root: Path) -> EdfFile:
     "Split, subject, session, montage, token and layout of an EDF under `root/edf/`."
     path, parts = Path(path), Path(path).relative_to(Path(root) / 'edf').parts
-    m = _BNAME.match(path.stem)
+    m, layout = _BNAME.match(path.stem), layout_of(path, parts)
     split = parts[0] if parts[0] in SPLITS else ''
     montage = next((p for p in parts[:-1] if _MONTAGE.match(p)), parts[-2] if len(parts) > 1 else '')
-    subject = m['subject'] if m else (parts[1] if len(parts) > 2 else path.stem)
-    return EdfFile(path, split, subject, m['session'] if m else '', montage, m['token'] if m else '',
-                   layout_of(path, parts))
+    at = 3 if layout == 'v1.5.2' else 1  # the subject's folder, for a file named outside TUSZ's convention
+    subject = m['subject'] if m else (parts[at] if len(parts) > at + 1 else path.stem)
+    return EdfFile(path, split, subject, m['session'] if m else '', montage, m['token'] if m else '', layout)
 
 # %% ../nbs/api/01_tusz.ipynb #3c2137b9
 def reference_beside(path) -> Path | None:
