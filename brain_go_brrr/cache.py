@@ -62,7 +62,7 @@ def _edf_header(path) -> bytes:
 def source_identity(f) -> dict:
     "Size, modification time and a hash of header and annotation of `f`'s files: a rebuild redoes `f` when any differ."
     st, h = Path(f.path).stat(), hashlib.blake2b(_edf_header(f.path), digest_size=16)
-    ann = getattr(f, 'csv_bi', None)  # TUSZ; a TUAB file has no annotation
+    ann = getattr(f, 'annotation', None)  # TUSZ's .csv_bi or .tse_bi; a TUAB file has no annotation
     if ann is not None and Path(ann).exists(): h.update(Path(ann).read_bytes())
     return dict(size=st.st_size, mtime_ns=st.st_mtime_ns, hash=h.hexdigest())
 
@@ -224,18 +224,19 @@ def check_cache_splits(cache_dirs) -> None:
 # %% ../nbs/api/04_cache.ipynb #bbbfdd45
 def preprocessing_config(data_dir, split: str, montage: str = 'referential', sfreq: float = 256.0,
                          l_freq: float = 0.5, h_freq: float = 120.0, notch: float | None = 60.0,
-                         corpus: str = 'tusz') -> dict:
-    """Everything that decides what a cache contains: stored in `cache.json`, compared on every build.
+                         corpus: str = 'tusz', layout: str | None = None) -> dict:
+    """Everything that decides what a cache contains: stored in `cache.json`, compared on every build; `layout` is
+    the corpus's release (`tusz.LAYOUTS`; None for a corpus with one layout, TUAB).
     Windows are not part of it: they are cut when the cache is read, so one cache serves any window length."""
-    return dict(corpus=corpus, split=split, data_dir=str(Path(data_dir).resolve()), montage=montage,
+    return dict(corpus=corpus, layout=layout, split=split, data_dir=str(Path(data_dir).resolve()), montage=montage,
                 channels=channel_names(montage), unit='uV', sfreq=sfreq, l_freq=l_freq, h_freq=h_freq,
                 notch=notch, version=__version__)
 
 # %% ../nbs/api/04_cache.ipynb #5a64ae32
 def _check_annotation_fits(ann, n_seconds: float, path) -> None:
-    if ann.events and (end := max(e.stop for e in ann.events)) > n_seconds + 1.0:
-        raise AnnotationError(f'{ann.path}: annotation ends at {end:.2f} s, past the end of {Path(path).name} '
-                              f'({n_seconds:.2f} s)')
+    if ann.events and (last := max(ann.events, key=lambda e: e.stop)).stop > n_seconds + 1.0:
+        raise AnnotationError(f'{ann.path}:{last.line}: annotation ends at {last.stop:.2f} s, past the end of '
+                              f'{Path(path).name} ({n_seconds:.2f} s); clip it to the recording')
 
 # %% ../nbs/api/04_cache.ipynb #d5e2b7ec
 def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -245,9 +246,9 @@ def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     check_filterable(rec.n_samples, rec.sfreq, f.path, *filters)  # before the flat check: one sample is not flat
     data, sfreq_in = rec.read(), rec.sfreq
     rec.check_not_flat()
-    ann = read_annotation(f.csv_bi)
+    ann = read_annotation(f.annotation)  # .csv_bi or .tse_bi
     _check_annotation_fits(ann, data.shape[1] / sfreq_in, f.path)
-    check_annotation_matches(ann, f.path, data.shape[1] / sfreq_in)  # bname, # duration, rows to the end
+    check_annotation_matches(ann, f.path, data.shape[1] / sfreq_in)  # bname, duration, rows to the end
     x = preprocess(data, sfreq_in, *filters, where=f.path)
     return x, label_mask(ann.events, x.shape[1], config['sfreq']), dict(split=f.split, session=f.session,
                                                                         montage=f.montage, sfreq_in=sfreq_in)
@@ -372,10 +373,10 @@ def cache_files(files, cache_dir, config: dict, load=load_tusz, workers: int = 1
 # %% ../nbs/api/04_cache.ipynb #e62034c0
 def build_cache(data_dir, cache_dir, split: str = 'train', workers: int = 1, progress: bool = True,
                 verify: bool = False, **preprocessing) -> dict:
-    "Bring the cache of a TUSZ `split` in line with its EDFs (resumes a killed build); returns the scan."
+    "Bring the cache of a TUSZ `split` (v2.0 or v1.5.2) in line with its EDFs (resumes a killed build); its scan."
     files = discover(data_dir, split)
     if not files: raise FileNotFoundError(f'{Path(data_dir) / "edf" / split}: no .edf files found')
-    config = preprocessing_config(data_dir, split, **preprocessing)
+    config = preprocessing_config(data_dir, split, layout=files[0].layout, **preprocessing)
     cache_files(files, cache_dir, config, load_tusz, workers, progress, verify)
     return scan_cache(cache_dir)
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 # %% ../nbs/api/12_cli.ipynb #35ac71f3
 COMMANDS = {
-    'synth-tusz':    ('synth', 'synth_tusz_cli', 'write a synthetic corpus in the TUSZ v2.0.x on-disk format'),
+    'synth-tusz':    ('synth', 'synth_tusz_cli', 'write a synthetic corpus in TUSZ v2.0.x (or v1.5.2) format'),
     'check-splits':  ('tusz', 'check_splits_cli', 'exit 1 and name every subject found in more than one split'),
     'build-cache':   ('cache', 'build_cache_cli', 'preprocess a split of EDF recordings into a memory-mapped cache'),
     'scan-cache':    ('cache', 'scan_cache_cli', 'count recordings, windows and seizure time in a cache'),

@@ -25,7 +25,7 @@ from .seizure_transformer import (RELEASED_POST, RELEASED_PROFILE, RELEASED_SWEE
                                                read_released_state_dict, released_config, released_events,
                                                released_probabilities)
 from .signal import EegReader, PreprocessedEeg
-from .tusz import RECORDING_SUFFIXES, files_under, mask_events
+from .tusz import RECORDING_SUFFIXES, files_under, mask_events, reference_beside
 
 log = logging.getLogger('brain_go_brrr')
 
@@ -408,9 +408,10 @@ def format_summary(rows: list[dict]) -> str:
 
 # %% ../nbs/api/09a_detect.ipynb #dt-latency
 def reference_latencies(d: Detection) -> list | None:
-    "Onset latency of each seizure of the `.csv_bi` beside the recording (TUSZ's layout); None where there is none."
-    path = d.path.with_suffix('.csv_bi')
-    if not path.exists(): return None
+    """Onset latency of each seizure of the reference beside the recording (TUSZ's `.csv_bi`, or v1.5.2's `.tse_bi`);
+    None where there is none."""
+    path = reference_beside(d.path)
+    if path is None: return None
     ref = scoring.read_csv_bi(path)
     hyp = [(a, min(b, ref.duration), scoring.SEIZ) for a, b, _ in d.events if a < ref.duration]
     return [r['latency_s'] for r in scoring.onset_latencies([(ref, scoring.Annotation(hyp, ref.duration, ref.bname))])]

@@ -27,10 +27,10 @@ __all__ = ['TYPES', 'UNTYPED', 'AUROC_OVER', 'CI_SCORERS', 'AUROC_BINS', 'SEIZUR
 # %% ../nbs/api/10a_metrics.ipynb #00a14006
 @dataclass(frozen=True)
 class SplitRecordings:
-    "Every recording of a split by token: its reference, subject and per-channel `.csv`; the refused ones with why."
-    refs: dict  # token -> scoring.Annotation read from the .csv_bi
+    "Every recording of a split by token: its reference, subject and seizure-type file; the refused ones with why."
+    refs: dict  # token -> scoring.Annotation read from the .csv_bi or .tse_bi
     subjects: dict  # token -> subject
-    channel_files: dict  # token -> the per-channel .csv (seizure types)
+    channel_files: dict  # token -> the seizure types: per-channel .csv (v2.0) or .tse (v1.5.2)
     refused: dict  # token -> why the pipeline could not process it
 
     @property
@@ -62,7 +62,8 @@ class SplitRecordings:
 
 # %% ../nbs/api/10a_metrics.ipynb #mt-split
 def split_recordings(files, failures: Sequence[Mapping] = ()) -> SplitRecordings:
-    """Every recording of `files` (`tusz.discover(data_dir, split)`: each with `bname`, `subject`, `csv_bi`, `csv`)
+    """Every recording of `files` (`tusz.discover(data_dir, split)`: each with `bname`, `subject`, `annotation`,
+    `type_annotation`)
     with its reference; `failures` (`Cache.failures`: `token` and `reason`) are the ones the pipeline refused."""
     files = {f.bname: f for f in files}
     refused = {}
@@ -71,9 +72,9 @@ def split_recordings(files, failures: Sequence[Mapping] = ()) -> SplitRecordings
             raise ValueError(f'{failure.get("source", failure["token"])}: the cache records a failure for a recording '
                              'that is not in this split; build the cache of this split again')
         refused[failure['token']] = failure['reason']
-    return SplitRecordings(refs={t: read_csv_bi(f.csv_bi) for t, f in files.items()},
+    return SplitRecordings(refs={t: read_csv_bi(f.annotation) for t, f in files.items()},
                            subjects={t: f.subject for t, f in files.items()},
-                           channel_files={t: Path(f.csv) for t, f in files.items()}, refused=refused)
+                           channel_files={t: Path(f.type_annotation) for t, f in files.items()}, refused=refused)
 
 # %% ../nbs/api/10a_metrics.ipynb #00a1400a
 TYPES = ('fnsz', 'gnsz', 'cpsz', 'absz', 'spsz', 'tcsz', 'tnsz', 'mysz')
@@ -93,7 +94,7 @@ def seizure_types(seizures: Sequence[tuple[float, float]], channel_events) -> li
 
 # %% ../nbs/api/10a_metrics.ipynb #mt-reftypes
 def reference_types(split: SplitRecordings) -> dict[str, list[str]]:
-    "Per recording, the type of each reference seizure in timeline order, from its per-channel `.csv`."
+    "Per recording, the type of each reference seizure in timeline order, from its `.csv` (or v1.5.2's `.tse`)."
     types = {}
     for token, ref in split.refs.items():
         seizures = [(a, b) for a, b, label in nedc_timeline(ref) if label == SEIZ]
@@ -353,7 +354,9 @@ def _bars_with_intervals(ax, figures: Mapping, cis: Mapping, scorers: list, figu
         ci = [((cis or {}).get(point, {}).get(n) or {}).get(figure) for n in scorers]
         err = np.array([[s - c['low'], c['high'] - s] if c and c['low'] is not None else [np.nan] * 2
                         for s, c in zip(v, ci)]).T
-        ax.bar(x, v, width, yerr=err, capsize=3, label=point)
+        # a one-subject split's interval is its value up to rounding, which can put it a few ulp off the value, and
+        # matplotlib refuses a negative error (seen on a one-subject dev split of tests/test_tusz_v152.py)
+        ax.bar(x, v, width, yerr=np.clip(err, 0, None), capsize=3, label=point)
     ax.set_xticks(range(len(scorers)), [n.replace('_', '\n', 1).replace(' ', '\n', 1) for n in scorers])  # narrow
 
 

@@ -70,8 +70,8 @@ def check_events(events, duration: float, locators: Sequence[str]) -> list:
 
 # %% ../nbs/api/10_scoring.ipynb #sc-read
 def read_csv_bi(path) -> Annotation:
-    """A TUSZ `.csv_bi` file as scoring reads it (through `tusz.read_annotation`): TERM events, checked, and its
-    duration."""
+    """A TUSZ term-based reference as scoring reads it (through `tusz.read_annotation`): a `.csv_bi`, or v1.5.2's
+    `.tse_bi`; TERM events, checked, and its duration."""
     ann = read_annotation(path)
     if ann.duration is None:
         raise AnnotationError(f'{path}: no "# duration = N secs" header line; add the recording duration')

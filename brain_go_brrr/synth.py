@@ -12,16 +12,18 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy.special import i0e
 from .signal import TCP_PAIRS
+from .tusz import LAYOUTS, discover, read_annotation
 
 # %% auto #0
 __all__ = ['ELECTRODES', 'HEAD', 'TUAB_HEAD', 'POSITIONS', 'SEIZURE_TYPES', 'STATES', 'AWAKE', 'ASLEEP', 'TUSZ_ORDER',
-           'TUAB_ORDER', 'OPTIONAL_CHANNELS', 'TEN_TEN', 'SYNTH_VERSION', 'SFREQS', 'MONTAGES', 'distances', 'around',
-           'shaped_noise', 'pink', 'band', 'passband', 'spatially_correlated', 'SeizureType', 'Subject',
-           'random_subject', 'vigilance', 'state_gain', 'background', 'events', 'eye_artifacts', 'muscle',
+           'TUAB_ORDER', 'OPTIONAL_CHANNELS', 'TEN_TEN', 'LBL_SYMBOLS', 'SYNTH_VERSION', 'SFREQS', 'MONTAGES',
+           'distances', 'around', 'shaped_noise', 'pink', 'band', 'passband', 'spatially_correlated', 'SeizureType',
+           'Subject', 'random_subject', 'vigilance', 'state_gain', 'background', 'events', 'eye_artifacts', 'muscle',
            'electrode_pops', 'line_noise', 'Seizure', 'plan_seizures', 'rhythm', 'seizure', 'postictal', 'ekg',
            'photic', 'monitor_trends', 'head_signals', 'tusz_labels', 'write_edf', 'fill_background', 'annotation_text',
-           'write_annotations', 'subject_names', 'split_subjects', 'edf_patient', 'synth_tusz', 'corpus_summary',
-           'synth_tusz_cli', 'abnormal', 'synth_tuab', 'synth_sleep_edf']
+           'tse_text', 'lbl_text', 'write_annotations', 'subject_names', 'split_subjects', 'edf_patient',
+           'v152_subject', 'synth_tusz', 'corpus_summary', 'synth_tusz_cli', 'abnormal', 'synth_tuab',
+           'synth_sleep_edf']
 
 # %% ../nbs/api/03_synth.ipynb #a7cd45ad
 ELECTRODES = ('FP1', 'FP2', 'F7', 'F3', 'FZ', 'F4', 'F8', 'T3', 'C3', 'CZ', 'C4', 'T4',
@@ -431,18 +433,49 @@ def annotation_text(bname, seconds, montage_file, rows) -> str:
             f'# montage_file = {montage_file}', '#', 'channel,start_time,stop_time,label,confidence']
     return '\n'.join(head + [f'{c},{a:.4f},{b:.4f},{lab},1.0000' for c, a, b, lab in rows]) + '\n'
 
+# %% ../nbs/api/03_synth.ipynb #99ab5607
+def tse_text(rows) -> str:
+    "A TUSZ v1.5.2 `.tse` / `.tse_bi` file: its version line, a blank line, a row per (start, stop, label)."
+    return 'version = tse_v1.0.0\n\n' + ''.join(f'{a:.4f} {b:.4f} {label} 1.0000\n' for a, b, label in rows)
+
+# %% ../nbs/api/03_synth.ipynb #cf25cd82
+LBL_SYMBOLS = ('(null)', 'spsw', 'gped', 'pled', 'eyem', 'artf', 'bckg', 'seiz')
+
+def lbl_text(reference: str, channel_rows) -> str:
+    "A TUSZ v1.5.2 `.lbl_bi` file: the TCP montage on `reference`, and each channel's (start, stop, label) rows."
+    montage = [f'montage = {i:2d}, {a}-{b}: EEG {a}-{reference} --  EEG {b}-{reference}'
+               for i, (a, b) in enumerate(TCP_PAIRS)]
+    symbols = ', '.join(f"{k}: '{s}'" for k, s in enumerate(LBL_SYMBOLS))
+    one_hot = lambda label: ', '.join('1.0' if s == label else '0.0' for s in LBL_SYMBOLS)
+    labels = [f'label = {{0, 0, {a:.4f}, {b:.4f}, {i}, [{one_hot(lab)}]}}'
+              for i, rows in enumerate(channel_rows) for a, b, lab in rows]
+    return '\n'.join(['version = lbl_v1.0.0', '', *montage, '', 'number_of_levels = 1', '', 'level[0] = 1', '',
+                      f'symbols[0] = {{{symbols}}}', '', *labels]) + '\n'
+
+
 # %% ../nbs/api/03_synth.ipynb #4152347b
-def write_annotations(edf_path, seconds, seizures: list[Seizure], montage_file):
-    "`.csv_bi` (channel TERM, seiz/bckg) and `.csv` (the 22 TCP channels, seizure types) beside `edf_path`."
+def write_annotations(edf_path, seconds, seizures: list[Seizure], montage_file, layout: str = 'v2.0',
+                      reference: str = 'REF'):
+    """Beside `edf_path`, as TUSZ `layout` writes them: `.csv_bi` (channel TERM, seiz/bckg) and `.csv` (the 22 TCP
+    channels, seizure types); or `.tse_bi`, `.tse` (term-based seizure types) and `.lbl_bi` (per TCP channel)."""
     edf_path = Path(edf_path)
-    term = [('TERM', *r) for r in fill_background([(s.start, s.stop, 'seiz') for s in seizures], seconds)]
-    per_channel = []
+    term = fill_background([(s.start, s.stop, 'seiz') for s in seizures], seconds)
+    channels = {}
     for a, b in TCP_PAIRS:
         joined = [(min(s.onsets.get(a, s.stop), s.onsets.get(b, s.stop)), s.stop, s.kind)
                   for s in seizures if a in s.onsets or b in s.onsets]
-        per_channel += [(f'{a}-{b}', *r) for r in fill_background(joined, seconds)]
-    edf_path.with_suffix('.csv_bi').write_text(annotation_text(edf_path.stem, seconds, montage_file, term))
-    edf_path.with_suffix('.csv').write_text(annotation_text(edf_path.stem, seconds, montage_file, per_channel))
+        channels[f'{a}-{b}'] = fill_background(joined, seconds)
+    if layout == 'v2.0':
+        edf_path.with_suffix('.csv_bi').write_text(annotation_text(edf_path.stem, seconds, montage_file,
+                                                                   [('TERM', *r) for r in term]))
+        per_channel = [(c, *r) for c, rows in channels.items() for r in rows]
+        edf_path.with_suffix('.csv').write_text(annotation_text(edf_path.stem, seconds, montage_file, per_channel))
+        return
+    edf_path.with_suffix('.tse_bi').write_text(tse_text(term))
+    edf_path.with_suffix('.tse').write_text(tse_text(fill_background([(s.start, s.stop, s.kind) for s in seizures],
+                                                                     seconds)))
+    two_class = [[(a, b, 'bckg' if lab == 'bckg' else 'seiz') for a, b, lab in rows] for rows in channels.values()]
+    edf_path.with_suffix('.lbl_bi').write_text(lbl_text(reference, two_class))
 
 # %% ../nbs/api/03_synth.ipynb #09eedfa4
 SYNTH_VERSION = {'tusz': 1, 'tuab': 2, 'sleep-edf': 1}  # bump a corpus's when the generator changes what it writes
@@ -499,10 +532,24 @@ def _check_seconds(seconds):
 SFREQS = (250, 256, 400, 512)
 MONTAGES = {'01_tcp_ar': ('REF', 'nedc_eas_default_montage.txt'), '02_tcp_le': ('LE', 'nedc_eas_tcp_le_montage.txt')}
 
+def v152_subject(name: str) -> str:
+    "The 8-digit TUSZ v1.5.2 id of a synthetic subject: the four letters after its `aaaa` read in base 26."
+    return f'{sum(string.ascii_lowercase.index(c) * 26 ** k for k, c in enumerate(reversed(name[4:]))):08d}'
+
+def _recording_path(out, layout, split, name, s, t, year, montage, session_date) -> Path:
+    "Where TUSZ `layout` keeps token `t` of session `s` of subject `name`."
+    if layout == 'v2.0':
+        return out / 'edf' / split / name / f's{s + 1:03d}_{year}' / montage / f'{name}_s{s + 1:03d}_t{t:03d}.edf'
+    sid = v152_subject(name)
+    return (out / 'edf' / split / montage / sid[:3] / sid / f's{s + 1:03d}_{session_date:%Y_%m_%d}' /
+            f'{sid}_s{s + 1:03d}_t{t:03d}.edf')
+
 def synth_tusz(out_dir, subjects: int = 24, seed: int = 0, seconds: tuple[float, float] = (300, 600),
-               sfreqs=SFREQS, montages=tuple(MONTAGES)) -> Path:
-    "Write a synthetic corpus in the TUSZ v2.0.x layout (EDF, `.csv_bi`, `.csv`) under `out_dir`; return it."
+               sfreqs=SFREQS, montages=tuple(MONTAGES), layout: str = 'v2.0') -> Path:
+    """Write a synthetic corpus in the TUSZ v2.0.x layout (EDF, `.csv_bi`, `.csv`) or, with `layout='v1.5.2'`, in
+    v1.5.2's (EDF, `.tse_bi`, `.tse`, `.lbl_bi`) under `out_dir`; return it."""
     _check_seconds(seconds)
+    if layout not in LAYOUTS: raise ValueError(f'layout={layout!r}: one of {", ".join(LAYOUTS)}')
     out, rng = Path(out_dir), np.random.default_rng(seed)
     names = subject_names(rng, subjects)
     splits = split_subjects([str(n) for n in rng.permutation(names)])
@@ -512,6 +559,7 @@ def synth_tusz(out_dir, subjects: int = 24, seed: int = 0, seconds: tuple[float,
             srng = np.random.default_rng([seed, i])
             subject = random_subject(srng, name)
             if name in seizing: subject = replace(subject, seizure_rate=max(subject.seizure_rate, 1.0))
+            patient_of = subject if layout == 'v2.0' else replace(subject, name=v152_subject(name))
             year = int(srng.integers(2002, 2016))
             for s in range(int(srng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))):
                 year += int(srng.integers(0, 3)) if s else 0
@@ -525,45 +573,49 @@ def synth_tusz(out_dir, subjects: int = 24, seed: int = 0, seconds: tuple[float,
                     recording = replace(subject, amplitude=subject.amplitude * float(np.exp(rrng.normal(0, 0.1))))
                     signals, seizures = head_signals(rrng, recording, length, sfreq, n, reference)
                     labels = tusz_labels(rrng, reference)
-                    path = (out / 'edf' / splits[name] / name / f's{s + 1:03d}_{year}' / montage /
-                            f'{name}_s{s + 1:03d}_t{t:03d}.edf')
-                    write_edf(path, {labels[k]: signals[k] for k in labels}, sfreq,
-                              patient=edf_patient(rrng, subject, year),
-                              startdate=dt.date(year, 1 + int(rrng.integers(12)), 1 + int(rrng.integers(28))))
-                    write_annotations(path, length, seizures, montage_file)
+                    patient = edf_patient(rrng, patient_of, year)
+                    startdate = dt.date(year, 1 + int(rrng.integers(12)), 1 + int(rrng.integers(28)))
+                    session_date = startdate if t == 0 else session_date  # a session's folder: its first date
+                    path = _recording_path(out, layout, splits[name], name, s, t, year, montage, session_date)
+                    write_edf(path, {labels[k]: signals[k] for k in labels}, sfreq, patient=patient,
+                              startdate=startdate)
+                    write_annotations(path, length, seizures, montage_file, layout, reference)
+    v152 = {} if layout == 'v2.0' else dict(layout=layout)  # a v2.0 corpus's synth.json stays as it was
     return _write_once(out, dict(corpus='tusz', subjects=subjects, seed=seed, seconds=list(seconds),
-                                 sfreqs=list(sfreqs), montages=list(montages)), write)
+                                 sfreqs=list(sfreqs), montages=list(montages), **v152), write)
 
 # %% ../nbs/api/03_synth.ipynb #33ebf6f8
 def corpus_summary(root) -> dict:
-    "Recordings, subjects per split, hours and seizure time of a TUSZ-layout corpus, from its `.csv_bi` files."
-    files = sorted(Path(root).glob('edf/*/*/*/*/*.csv_bi'))
+    "Recordings, subjects per split, hours and seizure time of a TUSZ corpus (either layout), from its references."
+    files = discover(root)
     seconds = seizure = n_seizures = 0.0
-    for f in files:
-        lines = f.read_text().splitlines()
-        seconds += float(next(l for l in lines if l.startswith('# duration')).split('=')[1].split()[0])
-        spans = [l.split(',') for l in lines if l.startswith('TERM,') and l.split(',')[3] == 'seiz']
-        seizure += sum(float(b) - float(a) for _, a, b, *_ in spans)
-        n_seizures += len(spans)
     subjects = {}
-    for f in files: subjects.setdefault(f.parts[-5], set()).add(f.parts[-4])
+    for f in files:
+        ann = read_annotation(f.annotation)
+        seconds += ann.duration
+        spans = [e for e in ann.events if e.label == 'seiz']
+        seizure += sum(e.stop - e.start for e in spans)
+        n_seizures += len(spans)
+        subjects.setdefault(f.split, set()).add(f.subject)
     return dict(recordings=len(files), subjects={k: len(v) for k, v in sorted(subjects.items())}, hours=seconds / 3600,
                 seizures=int(n_seizures), seizure_fraction=seizure / seconds if seconds else 0.0)
 
 # %% ../nbs/api/03_synth.ipynb #1d726667
 def synth_tusz_cli(argv: list[str] | None = None) -> int:
-    "`synth-tusz OUT_DIR [--subjects N] [--seed S] [--seconds MIN MAX]`: write a synthetic TUSZ corpus."
+    "`synth-tusz OUT_DIR [--subjects N] [--seed S] [--seconds MIN MAX] [--layout v1.5.2]`: a synthetic TUSZ corpus."
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr synth-tusz',
-                                description='Write a synthetic corpus in the TUSZ v2.0.x format: EDF, .csv_bi, .csv.')
+                                description='Write a synthetic corpus in the TUSZ v2.0.x format (EDF, .csv_bi, .csv) '
+                                            'or the v1.5.2 format (EDF, .tse_bi, .tse, .lbl_bi).')
     p.add_argument('out_dir', help='folder to write (empty, or made earlier with the same arguments)')
     p.add_argument('--subjects', type=int, default=24, help='subjects, ~2/3 train, 1/6 dev, 1/6 eval (default 24)')
     p.add_argument('--seed', type=int, default=0, help='random seed; the same seed writes the same bytes (default 0)')
     p.add_argument('--seconds', type=float, nargs=2, default=(300, 600), metavar=('MIN', 'MAX'),
                    help='recording durations, drawn uniformly (default 300 600)')
+    p.add_argument('--layout', choices=LAYOUTS, default='v2.0', help="TUSZ release whose tree and files to write")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        out = synth_tusz(a.out_dir, a.subjects, a.seed, tuple(a.seconds))
+        out = synth_tusz(a.out_dir, a.subjects, a.seed, tuple(a.seconds), layout=a.layout)
     except (ValueError, FileExistsError) as e:
         print(f'synth-tusz: {e}', file=sys.stderr)
         return 2

@@ -102,7 +102,7 @@ def preflight(p: TrainParams, rank: int = 0) -> Preflight:
     check_cache_splits([cache_dir_of(p, s) for s in ('train', 'dev')])  # a subject in both caches is a leak
     if scans['train']['full'] + scans['train']['partial'] == 0:
         raise ValueError(f'{cache_dir_of(p, "train")}: the training cache has no seizure windows '
-                         f'({scans["train"]["recordings"]} recordings); check data_dir and the .csv_bi files')
+                         f'({scans["train"]["recordings"]} recordings); check data_dir and its .csv_bi (.tse_bi) files')
     stats = NormStats.load(p.norm_stats) if p.norm_stats else stats_of_training_cache(p)
     precision = ('fp16' if p.precision_dtype == 'float16' else 'bf16') if p.mixed_precision else 'fp32'
     audit = gate_normalization(stats, cache_dir_of(p, 'train'), override=p.norm_override, log=log.info,
