@@ -79,8 +79,9 @@ def main(argv=None) -> int:
                                  batch_size=a.batch_size, hours_of_eeg=a.hours, wall_s=round(seconds, 1),
                                  hours_of_eeg_per_minute=round(a.hours / (seconds / 60), 3),
                                  peak_rss_mib=round(kb / 1024))
-            line = (f'{name}: {a.hours:g} h of EEG in {seconds:.0f} s: {results[name]["hours_of_eeg_per_minute"]:.2f} h '
-                    f'of EEG per minute, peak {results[name]["peak_rss_mib"]} MiB')
+            line = (f'{name}: {a.hours:g} h of EEG in {seconds:.0f} s: '
+                    f'{results[name]["hours_of_eeg_per_minute"]:.2f} h of EEG per minute, '
+                    f'peak {results[name]["peak_rss_mib"]} MiB')
             if a.entry == 'szcore':  # SzCORE allows 15 min per hour of EEG on 10 cores: 1/15 h per minute
                 used = seconds / 60 / a.hours
                 results[name]['minutes_per_hour_of_eeg'] = round(used, 2)

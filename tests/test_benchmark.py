@@ -56,7 +56,8 @@ def package(checkpoint, tmp_path_factory):  # noqa: F811
     return out
 
 
-def test_szcore_writes_what_detect_writes_and_epilepsy2bids_reads_it(checkpoint, recording, detected, tmp_path):  # noqa: F811
+def test_szcore_writes_what_detect_writes_and_epilepsy2bids_reads_it(checkpoint, recording, detected,  # noqa: F811
+                                                                     tmp_path):
     for name, point in (('dev', ()), ('0.3', ('--threshold', 0.3))):
         tsv = tmp_path / name / 'out.tsv'  # its folder is created
         r = run('szcore', recording, tsv, '--checkpoint', checkpoint, *point)
@@ -71,7 +72,8 @@ def test_szcore_writes_what_detect_writes_and_epilepsy2bids_reads_it(checkpoint,
     assert Annotations.loadTsv(str(tmp_path / '0.3' / 'out.tsv')).getEvents(), 'a 3-Hz rhythm of 200 s at 0.3'
 
 
-def test_bad_input_and_unwritable_output_are_one_line_and_leave_no_tsv(checkpoint, recording, tmp_path, capsys):  # noqa: F811
+def test_bad_input_and_unwritable_output_are_one_line_and_leave_no_tsv(checkpoint, recording, tmp_path,  # noqa: F811
+                                                                       capsys):
     (tmp_path / 'notes.edf').write_text('not an EDF\n')
     (tmp_path / 'afile').write_text('')
     cases = [(tmp_path / 'missing.edf', tmp_path / 'a.tsv', 'missing.edf: no such file'),
@@ -110,7 +112,8 @@ def test_the_dockerfile_follows_szcore_template_and_copies_what_is_there(package
     for line in ('WORKDIR /app', 'USER appuser', 'VOLUME ["/data"]', 'VOLUME ["/output"]', 'ENV INPUT=""',
                  'ENV OUTPUT=""'):
         assert line in template and line in ours, line
-    assert next(l for l in template if l.startswith('CMD')) == 'CMD python3 -m algo "/data/${INPUT}" "/output/${OUTPUT}"'
+    assert next(l for l in template if l.startswith('CMD')) == \
+        'CMD python3 -m algo "/data/${INPUT}" "/output/${OUTPUT}"'
     cmd = [l for l in ours if l.startswith('CMD')]
     assert cmd == ['CMD python3 -m brain_go_brrr szcore "/data/${INPUT}" "/output/${OUTPUT}" '
                    '--checkpoint /app/detector.pt --operating-point 10'] and ours[-1] == cmd[0]
