@@ -19,9 +19,9 @@ from .synth import write_edf
 
 # %% auto #0
 __all__ = ['SZCORE_CHANNELS', 'SZCORE_SFREQ', 'SZCORE_TEMPLATE', 'TORCH_CPU_INDEX', 'PACKED_CHECKPOINT', 'DOCKERFILE_MARK',
-           'IMAGE', 'write_szcore_edf', 'check_contract_paths', 'szcore_detect', 'szcore_cli', 'szcore_command',
-           'szcore_dockerfile', 'runtime_requirements', 'person', 'szcore_algorithm', 'szcore_package',
-           'szcore_package_cli']
+           'YAML_MARK', 'IMAGE', 'write_szcore_edf', 'check_contract_paths', 'szcore_detect', 'szcore_cli',
+           'szcore_command', 'szcore_dockerfile', 'runtime_requirements', 'person', 'szcore_algorithm',
+           'szcore_package', 'szcore_package_cli']
 
 # %% ../nbs/api/09b_benchmark.ipynb #b8ed4b54
 SZCORE_CHANNELS = ('Fp1-Avg', 'F3-Avg', 'C3-Avg', 'P3-Avg', 'O1-Avg', 'F7-Avg', 'T3-Avg', 'T5-Avg', 'Fz-Avg', 'Cz-Avg',
@@ -82,11 +82,12 @@ def szcore_cli(argv: list[str] | None = None) -> int:
           f'at threshold {point["threshold"]:.3g} ({point["source"]}); wrote {tsv}')
     return 0
 
-# %% ../nbs/api/09b_benchmark.ipynb #152bd726
+# %% ../nbs/api/09b_benchmark.ipynb #de8b1b1d
 SZCORE_TEMPLATE = 'esl-epfl/szcore@51d1ded522e6 config/template.Dockerfile'  # what the Dockerfile follows
 TORCH_CPU_INDEX = 'https://download.pytorch.org/whl/cpu'
 PACKED_CHECKPOINT = 'detector.pt'
 DOCKERFILE_MARK = '# brain-go-brrr for SzCORE'  # the first line: a folder holding it is a package to rewrite
+YAML_MARK = '# SzCORE algorithm description'  # the algorithm YAML's first line
 
 # %% ../nbs/api/09b_benchmark.ipynb #7b7d5a86
 def szcore_command(fa_target: float = 10, threshold: float | None = None) -> str:
@@ -191,18 +192,20 @@ def szcore_algorithm(det: LoadedDetector, point: dict, image: str, authors: list
                datasets=list(datasets))
     return doc | ({'repository': repository} if repository else {})
 
-# %% ../nbs/api/09b_benchmark.ipynb #33856841
+# %% ../nbs/api/09b_benchmark.ipynb #79df1b49
 def _package_folder(out_dir) -> Path:
-    "`out_dir`, empty or a package written before (then cleared of the package's own files), ready to write."
+    "`out_dir`, empty or a package written before (then cleared of its module and YAML), ready to write."
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         docker = out / 'Dockerfile'
         if not (docker.is_file() and docker.read_text().startswith(DOCKERFILE_MARK)):
             raise FileExistsError(f'{out}: not empty and not a package szcore-package wrote; choose an empty folder')
         if (out / 'brain_go_brrr').is_dir(): shutil.rmtree(out / 'brain_go_brrr')  # no stale module stays
+        for old in out.glob('*.yaml'):  # nor a YAML of another short title
+            if old.read_text().startswith(YAML_MARK): old.unlink()
     return check_writable(out)
 
-# %% ../nbs/api/09b_benchmark.ipynb #ba812842
+# %% ../nbs/api/09b_benchmark.ipynb #04467b0f
 def szcore_package(checkpoint, out_dir, image: str, authors: list[str], datasets: list[str], fa_target: float = 10,
                    threshold: float | None = None, **describe) -> list[Path]:
     "Everything `docker build` needs for SzCORE, and the algorithm's YAML, in `out_dir`; the files written."
@@ -219,7 +222,7 @@ def szcore_package(checkpoint, out_dir, image: str, authors: list[str], datasets
     (out / 'requirements.txt').write_text('\n'.join(runtime_requirements(root)) + '\n')
     (out / 'Dockerfile').write_text(szcore_dockerfile(szcore_command(fa_target, threshold)))
     name = re.sub(r'[^a-z0-9]+', '-', algorithm['short_title'].lower()).strip('-') or 'algorithm'
-    (out / f'{name}.yaml').write_text(f'# SzCORE algorithm description: esl-epfl/szcore algorithms/{name}.yaml\n'
+    (out / f'{name}.yaml').write_text(f'{YAML_MARK}: esl-epfl/szcore algorithms/{name}.yaml\n'
                                       + yaml.safe_dump(algorithm, sort_keys=False, allow_unicode=True, width=110))
     return sorted(out.iterdir())
 
