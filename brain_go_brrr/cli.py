@@ -24,6 +24,8 @@ COMMANDS = {
                       'files'),
     'train':         ('train', 'train_cli', 'train the detector (under torchrun for several GPUs or machines)'),
     'detect':        ('detect', 'detect_cli', 'seizure events, probabilities and review figures for EEG recordings'),
+    'szcore':        ('benchmark', 'szcore_cli', "one EDF in, one HED-SCORE .tsv out: SzCORE's container contract"),
+    'szcore-package': ('benchmark', 'szcore_package_cli', "SzCORE's Dockerfile and algorithm YAML for a checkpoint"),
 }
 
 # %% ../nbs/api/12_cli.ipynb #df76e4e3
