@@ -17,14 +17,16 @@ from .cli import positive_float, positive_int
 from .runs import WriteError, atomic_write, check_writable, write_error
 from .tusz import discover, read_annotation, label_mask, EdfFile, AnnotationError, check_annotation_matches
 from .signal import (EegReader, check_filterable, preprocess, channel_names, window_starts, window_classes,
-                                  SignalError)
+                                  SignalError, REFERENCES, input_reference)
+from .bids import (DATA_FORMATS, check_events_match, data_format_of, discover_recordings, events_path,
+                                read_events_tsv)
 
 # %% auto #0
-__all__ = ['CONFIG_FILE', 'LOCK_FILE', 'STATS_FILE', 'ARRAYS', 'CacheError', 'file_digest', 'source_identity',
-           'write_cache_config', 'write_recording', 'drop_recording', 'write_failure', 'Recording', 'Cache',
-           'open_cache', 'entry_problems', 'verify_cache', 'check_cache_splits', 'preprocessing_config', 'load_tusz',
-           'cache_recording', 'cache_lock', 'cache_files', 'build_cache', 'scan_cache', 'format_scan', 'clean_cache',
-           'build_cache_cli', 'scan_cache_cli', 'clean_cache_cli']
+__all__ = ['CONFIG_FILE', 'LOCK_FILE', 'STATS_FILE', 'ARRAYS', 'LOADS', 'CacheError', 'file_digest', 'annotation_file',
+           'source_identity', 'write_cache_config', 'write_recording', 'drop_recording', 'write_failure', 'Recording',
+           'Cache', 'open_cache', 'entry_problems', 'verify_cache', 'check_cache_splits', 'preprocessing_config',
+           'load_tusz', 'load_bids', 'cache_recording', 'cache_lock', 'cache_files', 'build_cache', 'scan_cache',
+           'format_scan', 'clean_cache', 'build_cache_cli', 'scan_cache_cli', 'clean_cache_cli']
 
 # %% ../nbs/api/04_cache.ipynb #b1d868ea
 CONFIG_FILE, LOCK_FILE = 'cache.json', '.lock'
@@ -59,11 +61,15 @@ def _edf_header(path) -> bytes:
         return head + f.read(min(max(n, 256), 1 << 20) - 256)
 
 # %% ../nbs/api/04_cache.ipynb #9be1e3b4
+def annotation_file(f) -> Path | None:
+    "The file a recording's labels come from: its BIDS `_events.tsv` or TUSZ `.csv_bi`, when there; None for TUAB."
+    if not hasattr(f, 'csv_bi'): return None  # a TUAB file: its label is a folder
+    return next((p for p in (events_path(f.path), f.csv_bi) if p.exists()), None)
+
 def source_identity(f) -> dict:
     "Size, modification time and a hash of header and annotation of `f`'s files: a rebuild redoes `f` when any differ."
     st, h = Path(f.path).stat(), hashlib.blake2b(_edf_header(f.path), digest_size=16)
-    ann = getattr(f, 'csv_bi', None)  # TUSZ; a TUAB file has no annotation
-    if ann is not None and Path(ann).exists(): h.update(Path(ann).read_bytes())
+    if (ann := annotation_file(f)) is not None: h.update(ann.read_bytes())
     return dict(size=st.st_size, mtime_ns=st.st_mtime_ns, hash=h.hexdigest())
 
 # %% ../nbs/api/04_cache.ipynb #6b2a3554
@@ -136,6 +142,7 @@ class Recording:
     n_samples: int
     seizure_samples: int
     split: str = ''
+    recorded_reference: str = ''  # REF, LE, AVG...: what its channel labels name ('' from a build before it was kept)
     source: str = ''
     source_id: dict = field(default_factory=dict, hash=False, compare=False)  # `source_identity` when it was cached
     arrays: dict = field(default_factory=dict, hash=False, compare=False)     # kind -> {bytes, blake2b}
@@ -169,9 +176,16 @@ class Cache:
     def repair_hint(self) -> str:
         c = self.config
         build = (f'python -m brain_go_brrr build-cache --data-dir {c.get("data_dir")} --cache-dir {self.root} '
-                 f'--split {c.get("split")} --montage {c.get("montage")} --verify' if c.get('corpus') == 'tusz'
+                 f'--split {c.get("split")} --montage {c.get("montage")} '
+                 f'--reference {c.get("reference", "as_recorded")} --verify' if c.get('corpus') in DATA_FORMATS
                  else 'its build with verify=True (cache_files)')
         return f'Redo the damaged recordings with `{build}`, or remove the cache with clean-cache and build it again.'
+
+    @property
+    def references(self) -> list[str]:
+        "The references of what the cache holds, as a model is given them (`signal.input_reference`); '' unknown."
+        how = self.config.get('reference', 'as_recorded')
+        return sorted({input_reference(r.recorded_reference, how, self.config['montage']) for r in self.recordings})
 
     @property
     def fingerprint(self) -> str:
@@ -224,12 +238,15 @@ def check_cache_splits(cache_dirs) -> None:
 # %% ../nbs/api/04_cache.ipynb #bbbfdd45
 def preprocessing_config(data_dir, split: str, montage: str = 'referential', sfreq: float = 256.0,
                          l_freq: float = 0.5, h_freq: float = 120.0, notch: float | None = 60.0,
-                         corpus: str = 'tusz') -> dict:
+                         corpus: str = 'tusz', reference: str = 'as_recorded') -> dict:
     """Everything that decides what a cache contains: stored in `cache.json`, compared on every build.
     Windows are not part of it: they are cut when the cache is read, so one cache serves any window length."""
-    return dict(corpus=corpus, split=split, data_dir=str(Path(data_dir).resolve()), montage=montage,
-                channels=channel_names(montage), unit='uV', sfreq=sfreq, l_freq=l_freq, h_freq=h_freq,
-                notch=notch, version=__version__)
+    if reference not in REFERENCES: raise ValueError(f'reference must be one of {REFERENCES}, got {reference!r}')
+    config = dict(corpus=corpus, split=split, data_dir=str(Path(data_dir).resolve()), montage=montage,
+                  channels=channel_names(montage), unit='uV', sfreq=sfreq, l_freq=l_freq, h_freq=h_freq,
+                  notch=notch, version=__version__)
+    # absent: as recorded, as in caches built before the setting existed (they stay valid)
+    return config | ({'reference': reference} if reference != 'as_recorded' else {})
 
 # %% ../nbs/api/04_cache.ipynb #5a64ae32
 def _check_annotation_fits(ann, n_seconds: float, path) -> None:
@@ -238,19 +255,37 @@ def _check_annotation_fits(ann, n_seconds: float, path) -> None:
                               f'({n_seconds:.2f} s)')
 
 # %% ../nbs/api/04_cache.ipynb #d5e2b7ec
+def _read_checked(f, config: dict) -> tuple[np.ndarray, EegReader]:
+    "Every sample of `f` read as `config` says (montage, reference), refused when too short to filter or flat."
+    rec = EegReader(f.path, config['montage'], reference=config.get('reference', 'as_recorded'))
+    check_filterable(rec.n_samples, rec.sfreq, f.path, *(config[k] for k in ('sfreq', 'l_freq', 'h_freq', 'notch')))
+    data = rec.read()  # the filterable check first: one sample is not flat
+    rec.check_not_flat()
+    return data, rec
+
+def _labelled(f, config: dict, data: np.ndarray, rec: EegReader, events) -> tuple[np.ndarray, np.ndarray, dict]:
+    "`data` preprocessed, its seizure mask from `events`, and what the manifest entry records (the reference too)."
+    x = preprocess(data, rec.sfreq, *(config[k] for k in ('sfreq', 'l_freq', 'h_freq', 'notch')), where=f.path)
+    return x, label_mask(events, x.shape[1], config['sfreq']), dict(
+        split=f.split, session=f.session, montage=f.montage, sfreq_in=rec.sfreq,
+        recorded_reference=rec.recorded_reference)
+
 def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     "A TUSZ recording preprocessed as `config` says, its seizure mask, and what its manifest entry records."
-    rec = EegReader(f.path, config['montage'])
-    filters = [config[k] for k in ('sfreq', 'l_freq', 'h_freq', 'notch')]
-    check_filterable(rec.n_samples, rec.sfreq, f.path, *filters)  # before the flat check: one sample is not flat
-    data, sfreq_in = rec.read(), rec.sfreq
-    rec.check_not_flat()
+    data, rec = _read_checked(f, config)
     ann = read_annotation(f.csv_bi)
-    _check_annotation_fits(ann, data.shape[1] / sfreq_in, f.path)
-    check_annotation_matches(ann, f.path, data.shape[1] / sfreq_in)  # bname, # duration, rows to the end
-    x = preprocess(data, sfreq_in, *filters, where=f.path)
-    return x, label_mask(ann.events, x.shape[1], config['sfreq']), dict(split=f.split, session=f.session,
-                                                                        montage=f.montage, sfreq_in=sfreq_in)
+    _check_annotation_fits(ann, data.shape[1] / rec.sfreq, f.path)
+    check_annotation_matches(ann, f.path, data.shape[1] / rec.sfreq)  # bname, # duration, rows to the end
+    return _labelled(f, config, data, rec, ann.events)
+
+# %% ../nbs/api/04_cache.ipynb #ca-loadbids
+def load_bids(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    "A BIDS recording preprocessed as `config` says, its seizure mask from its `_events.tsv`, and its manifest entry."
+    data, rec = _read_checked(f, config)
+    ann = check_events_match(read_events_tsv(events_path(f.path)), f.path, data.shape[1] / rec.sfreq)
+    return _labelled(f, config, data, rec, ann.events)
+
+LOADS = {'tusz': load_tusz, 'bids': load_bids}  # by `bids.DATA_FORMATS`
 
 # %% ../nbs/api/04_cache.ipynb #865b1c63
 def cache_recording(f, cache_dir, config: dict, load=load_tusz) -> tuple[str, str]:
@@ -371,12 +406,14 @@ def cache_files(files, cache_dir, config: dict, load=load_tusz, workers: int = 1
 
 # %% ../nbs/api/04_cache.ipynb #e62034c0
 def build_cache(data_dir, cache_dir, split: str = 'train', workers: int = 1, progress: bool = True,
-                verify: bool = False, **preprocessing) -> dict:
-    "Bring the cache of a TUSZ `split` in line with its EDFs (resumes a killed build); returns the scan."
-    files = discover(data_dir, split)
-    if not files: raise FileNotFoundError(f'{Path(data_dir) / "edf" / split}: no .edf files found')
-    config = preprocessing_config(data_dir, split, **preprocessing)
-    cache_files(files, cache_dir, config, load_tusz, workers, progress, verify)
+                verify: bool = False, data_format: str | None = None, **preprocessing) -> dict:
+    """Bring the cache of a `split` of a TUSZ corpus or a BIDS dataset (`data_format`, else told by
+    `bids.data_format_of`) in line with its EDFs (resumes a killed build); returns the scan."""
+    data_format = data_format or data_format_of(data_dir)
+    files = discover_recordings(data_dir, split, data_format)
+    if not files: raise FileNotFoundError(f'{data_dir}: no recordings of split {split} found ({data_format} layout)')
+    config = preprocessing_config(data_dir, split, corpus=data_format, **preprocessing)
+    cache_files(files, cache_dir, config, LOADS[data_format], workers, progress, verify)
     return scan_cache(cache_dir)
 
 # %% ../nbs/api/04_cache.ipynb #c59b782e
@@ -422,15 +459,21 @@ def build_cache_cli(argv: list[str] | None = None) -> int:
     "`build-cache --data-dir D --cache-dir C --split train [--workers N] [--verify]`; exit 1 if every recording failed."
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr build-cache',
                                 description='Preprocess a split of EDF recordings into a cache.')
-    p.add_argument('--data-dir', required=True, help='corpus root containing edf/')
+    p.add_argument('--data-dir', required=True, help="corpus root: TUSZ's (containing edf/) or a BIDS dataset's")
     p.add_argument('--cache-dir', required=True)
-    p.add_argument('--split', default='train', choices=('train', 'dev', 'eval'))
+    p.add_argument('--split', default='train', choices=('train', 'dev', 'eval'),
+                   help='a BIDS dataset without a split column in participants.tsv is all eval')
     p.add_argument('--workers', type=positive_int, default=1)
     p.add_argument('--montage', default='referential', choices=('referential', 'tcp'))
+    p.add_argument('--data-format', choices=DATA_FORMATS, help='tusz or bids (default: told by what is on disk)')
+    p.add_argument('--reference', default='as_recorded', choices=REFERENCES,
+                   help='common_average: re-reference every recording to the mean of its 19 electrodes, as SzCORE '
+                        'stores its datasets')
     p.add_argument('--verify', action='store_true', help="also redo recordings whose arrays fail their blake2b")
     a = p.parse_args(argv)
     t0 = time.time()
-    scan = build_cache(a.data_dir, a.cache_dir, a.split, a.workers, verify=a.verify, montage=a.montage)
+    scan = build_cache(a.data_dir, a.cache_dir, a.split, a.workers, verify=a.verify, data_format=a.data_format,
+                       montage=a.montage, reference=a.reference)
     print(format_scan(scan))
     print(f'built in {time.time() - t0:.1f} s', file=sys.stderr)
     if scan['recordings'] == 0:

@@ -61,9 +61,11 @@ class SplitRecordings:
         return line + ''.join(f'\n  {t}: {why}' for t, why in self.refused.items())
 
 # %% ../nbs/api/10a_metrics.ipynb #mt-split
-def split_recordings(files, failures: Sequence[Mapping] = ()) -> SplitRecordings:
+def split_recordings(files, failures: Sequence[Mapping] = (), references: Mapping[str, Path] | None = None
+                     ) -> SplitRecordings:
     """Every recording of `files` (`tusz.discover(data_dir, split)`: each with `bname`, `subject`, `csv_bi`, `csv`)
-    with its reference; `failures` (`Cache.failures`: `token` and `reason`) are the ones the pipeline refused."""
+    with its reference, the `.csv_bi` beside it or `references[bname]` (a BIDS dataset's, converted); `failures`
+    (`Cache.failures`: `token` and `reason`) are the ones the pipeline refused."""
     files = {f.bname: f for f in files}
     refused = {}
     for failure in failures:
@@ -71,7 +73,8 @@ def split_recordings(files, failures: Sequence[Mapping] = ()) -> SplitRecordings
             raise ValueError(f'{failure.get("source", failure["token"])}: the cache records a failure for a recording '
                              'that is not in this split; build the cache of this split again')
         refused[failure['token']] = failure['reason']
-    return SplitRecordings(refs={t: read_csv_bi(f.csv_bi) for t, f in files.items()},
+    read = lambda t, f: read_csv_bi(f.csv_bi if references is None else references[t])
+    return SplitRecordings(refs={t: read(t, f) for t, f in files.items()},
                            subjects={t: f.subject for t, f in files.items()},
                            channel_files={t: Path(f.csv) for t, f in files.items()}, refused=refused)
 
