@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from .params import ParamsError, TrainParams, load_params, parse_yaml, shortened
 from .tusz import check_splits
+from .bids import data_format_of
 from .cache import (STATS_FILE, build_cache, cache_lock, check_cache_splits, open_cache, scan_cache,
                                  format_scan, verify_cache)
 from .datasets import WindowDataset, BalancedSeizureDataset, make_loader
@@ -89,7 +90,7 @@ class Preflight:
 def preflight(p: TrainParams, rank: int = 0) -> Preflight:
     "Check everything knowable before step one; builds missing caches (rank 0), audits the statistics."
     data_dir = data_dir_of(p)
-    check_splits(data_dir)
+    if data_format_of(data_dir) == 'tusz': check_splits(data_dir)  # a BIDS dataset gives each subject one split
     scans = {}
     for split in ('train', 'dev'):
         cdir = cache_dir_of(p, split)

@@ -144,3 +144,11 @@ def test_a_damaged_events_file_is_named_with_its_line(dataset, tmp_path):
     tsv.with_name(tsv.name.replace('_events.tsv', '_eeg.edf')).unlink()  # the events of a recording that is gone
     r = run('build-cache', '--data-dir', damaged, '--cache-dir', tmp_path / 'c', '--split', 'eval')
     assert r.returncode == 1 and f'{tsv}: its recording' in r.stderr and 'put the EDF back' in r.stderr
+
+
+def test_training_takes_tusz_converted_by_szcore(tmp_path):
+    "SzCORE's TUSZ (participants.tsv with a split column): preflight caches its train and dev splits, subject-disjoint."
+    data = synth_bids(tmp_path / 'tuh', subjects=6, seconds=(60, 90), splits=True)
+    checks = T.preflight(tiny(dict(data_dir=str(data), cache_dir=str(tmp_path / 'cache')), tmp_path))
+    assert checks.scans['train']['recordings'] and checks.scans['dev']['recordings']
+    assert checks.references == ['AVG'] and checks.scans['train']['full'] + checks.scans['train']['partial'] > 0
