@@ -128,7 +128,7 @@ def read_participants(data_dir) -> dict[str, str]:
     out = {}
     for lineno, line in lines[1:]:
         row = dict(zip(names, (f.strip() for f in line.split('\t'))))
-        split = row.get('split', UNSPLIT) if 'split' in names else UNSPLIT
+        split = row.get('split', '') if 'split' in names else UNSPLIT  # a row cut short: refused below
         if split not in SPLITS or not row.get('participant_id', '').startswith('sub-'):
             raise AnnotationError(f'{path}:{lineno}: {line.strip()!r}: expected a participant_id sub-<label>'
                                   f'{" and a split, one of " + ", ".join(SPLITS) if "split" in names else ""}')

@@ -411,7 +411,9 @@ def build_cache(data_dir, cache_dir, split: str = 'train', workers: int = 1, pro
     `bids.data_format_of`) in line with its EDFs (resumes a killed build); returns the scan."""
     data_format = data_format or data_format_of(data_dir)
     files = discover_recordings(data_dir, split, data_format)
-    if not files: raise FileNotFoundError(f'{data_dir}: no recordings of split {split} found ({data_format} layout)')
+    if not files:
+        raise FileNotFoundError(f'{data_dir}: no recordings of split {split} found ({data_format} layout)' + (
+            '; a BIDS dataset whose participants.tsv has no split column is all eval' if data_format == 'bids' else ''))
     config = preprocessing_config(data_dir, split, corpus=data_format, **preprocessing)
     cache_files(files, cache_dir, config, LOADS[data_format], workers, progress, verify)
     return scan_cache(cache_dir)
