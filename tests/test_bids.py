@@ -129,6 +129,11 @@ def test_a_bipolar_only_dataset_is_refused_with_its_montage_named(averaged, tmp_
     r = run('build-cache', '--data-dir', chbmit, '--cache-dir', tmp_path / 'c', '--split', 'eval')
     assert r.returncode == 1 and 'every recording failed' in r.stderr
     assert 'double banana' in next((tmp_path / 'c' / 'failed').glob('*.json')).read_text()
+    import papermill as pm
+    with pytest.raises(pm.PapermillExecutionError, match='not one recording of eval could be read.*double banana'):
+        pm.execute_notebook(str(ROOT / 'nbs' / 'evaluate.ipynb'), str(tmp_path / 'evaluate.ipynb'), cwd=str(ROOT),
+                            parameters=dict(checkpoint=str(averaged), data_dir=str(chbmit), n_resamples=10,
+                                            run_name='evaluate_chbmit'), progress_bar=False)
 
 
 def test_a_damaged_events_file_is_named_with_its_line(dataset, tmp_path):
