@@ -16,7 +16,7 @@ C++ kernels, so their compilation (once per container run) is counted, and compa
 import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 import numpy as np
-from brain_go_brrr.benchmark import write_szcore_edf
+from brain_go_brrr.synth import write_szcore_edf
 from brain_go_brrr.checkpoints import save_checkpoint
 from brain_go_brrr.model import build_detector
 from brain_go_brrr.normalization import NormStats

@@ -12,30 +12,15 @@ import numpy as np
 import yaml
 import brain_go_brrr
 from .checkpoints import checksum_path, sha256_of
-from .detect import (Detection, LoadedDetector, detect_recording, load_detector, operating_point,
-                                  write_szcore_tsv)
+from .detect import (Detection, LoadedDetector, check_references, detect_recording, load_detector,
+                                  operating_point, write_szcore_tsv)
 from .runs import atomic_write, check_writable, repository_root
-from .synth import write_edf
+from .synth import SZCORE_SFREQ, write_szcore_edf
 
 # %% auto #0
-__all__ = ['SZCORE_CHANNELS', 'SZCORE_SFREQ', 'SZCORE_TEMPLATE', 'TORCH_CPU_INDEX', 'PACKED_CHECKPOINT', 'DOCKERFILE_MARK',
-           'YAML_MARK', 'IMAGE', 'write_szcore_edf', 'check_contract_paths', 'szcore_detect', 'szcore_cli',
-           'szcore_command', 'szcore_dockerfile', 'runtime_requirements', 'person', 'szcore_algorithm',
-           'szcore_package', 'szcore_package_cli']
-
-# %% ../nbs/api/09b_benchmark.ipynb #b8ed4b54
-SZCORE_CHANNELS = ('Fp1-Avg', 'F3-Avg', 'C3-Avg', 'P3-Avg', 'O1-Avg', 'F7-Avg', 'T3-Avg', 'T5-Avg', 'Fz-Avg', 'Cz-Avg',
-                   'Pz-Avg', 'Fp2-Avg', 'F4-Avg', 'C4-Avg', 'P4-Avg', 'O2-Avg', 'F8-Avg', 'T4-Avg', 'T6-Avg')
-SZCORE_SFREQ = 256  # Hz
-
-# %% ../nbs/api/09b_benchmark.ipynb #3679b45d
-def write_szcore_edf(path, x: np.ndarray) -> Path:
-    "19 rows of µV at 256 Hz (SzCORE's channel order) as the benchmark's input: common average, labels `Fp1-Avg`..."
-    x = np.asarray(x, np.float64)
-    if x.ndim != 2 or len(x) != len(SZCORE_CHANNELS):
-        raise ValueError(f'{path}: SzCORE recordings have {len(SZCORE_CHANNELS)} channels '
-                         f'({", ".join(SZCORE_CHANNELS)}), got an array of shape {x.shape}')
-    return write_edf(path, dict(zip(SZCORE_CHANNELS, x - x.mean(0))), SZCORE_SFREQ)
+__all__ = ['SZCORE_TEMPLATE', 'TORCH_CPU_INDEX', 'PACKED_CHECKPOINT', 'DOCKERFILE_MARK', 'YAML_MARK', 'IMAGE',
+           'check_contract_paths', 'szcore_detect', 'szcore_cli', 'szcore_command', 'szcore_dockerfile',
+           'runtime_requirements', 'person', 'szcore_algorithm', 'szcore_package', 'szcore_package_cli']
 
 # %% ../nbs/api/09b_benchmark.ipynb #16e2135e
 def check_contract_paths(edf, tsv) -> tuple[Path, Path]:
@@ -210,6 +195,9 @@ def szcore_package(checkpoint, out_dir, image: str, authors: list[str], datasets
                    threshold: float | None = None, **describe) -> list[Path]:
     "Everything `docker build` needs for SzCORE, and the algorithm's YAML, in `out_dir`; the files written."
     det = load_detector(checkpoint)
+    # SzCORE gives every recording common-average referenced: a model trained otherwise is refused here, not
+    # on each recording of SzCORE's run
+    check_references(det, 'AVG', f"{checkpoint}: SzCORE's recordings (`Fp1-Avg`...)")
     point = operating_point(det, fa_target, threshold)  # a detector that cannot run is refused before any writing
     algorithm = szcore_algorithm(det, point, image, authors, datasets, **describe)
     package = Path(brain_go_brrr.__file__).parent

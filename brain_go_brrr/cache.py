@@ -17,14 +17,16 @@ from .cli import positive_float, positive_int
 from .runs import WriteError, atomic_write, check_writable, write_error
 from .tusz import discover, read_annotation, label_mask, EdfFile, AnnotationError, check_annotation_matches
 from .signal import (EegReader, check_filterable, preprocess, channel_names, window_starts, window_classes,
-                                  SignalError)
+                                  SignalError, REFERENCES, input_reference)
+from .bids import (DATA_FORMATS, check_events_match, data_format_of, discover_recordings,
+                                read_events_tsv)
 
 # %% auto #0
-__all__ = ['CONFIG_FILE', 'LOCK_FILE', 'STATS_FILE', 'ARRAYS', 'CacheError', 'file_digest', 'source_identity',
+__all__ = ['CONFIG_FILE', 'LOCK_FILE', 'STATS_FILE', 'ARRAYS', 'LOADS', 'CacheError', 'file_digest', 'source_identity',
            'write_cache_config', 'write_recording', 'drop_recording', 'write_failure', 'Recording', 'Cache',
            'open_cache', 'entry_problems', 'verify_cache', 'check_cache_splits', 'preprocessing_config', 'load_tusz',
-           'cache_recording', 'cache_lock', 'cache_files', 'build_cache', 'scan_cache', 'format_scan', 'clean_cache',
-           'build_cache_cli', 'scan_cache_cli', 'clean_cache_cli']
+           'load_bids', 'cache_recording', 'cache_lock', 'cache_files', 'build_cache', 'scan_cache', 'format_scan',
+           'clean_cache', 'build_cache_cli', 'scan_cache_cli', 'clean_cache_cli']
 
 # %% ../nbs/api/04_cache.ipynb #b1d868ea
 CONFIG_FILE, LOCK_FILE = 'cache.json', '.lock'
@@ -136,6 +138,7 @@ class Recording:
     n_samples: int
     seizure_samples: int
     split: str = ''
+    recorded_reference: str = ''  # REF, LE, AVG...: what its channel labels name ('' from a build before it was kept)
     source: str = ''
     source_id: dict = field(default_factory=dict, hash=False, compare=False)  # `source_identity` when it was cached
     arrays: dict = field(default_factory=dict, hash=False, compare=False)     # kind -> {bytes, blake2b}
@@ -169,9 +172,16 @@ class Cache:
     def repair_hint(self) -> str:
         c = self.config
         build = (f'python -m brain_go_brrr build-cache --data-dir {c.get("data_dir")} --cache-dir {self.root} '
-                 f'--split {c.get("split")} --montage {c.get("montage")} --verify' if c.get('corpus') == 'tusz'
+                 f'--split {c.get("split")} --montage {c.get("montage")} '
+                 f'--reference {c.get("reference", "as_recorded")} --verify' if c.get('corpus') in DATA_FORMATS
                  else 'its build with verify=True (cache_files)')
         return f'Redo the damaged recordings with `{build}`, or remove the cache with clean-cache and build it again.'
+
+    @property
+    def references(self) -> list[str]:
+        "The references of what the cache holds, as a model is given them (`signal.input_reference`); '' unknown."
+        how = self.config.get('reference', 'as_recorded')
+        return sorted({input_reference(r.recorded_reference, how, self.config['montage']) for r in self.recordings})
 
     @property
     def fingerprint(self) -> str:
@@ -224,13 +234,16 @@ def check_cache_splits(cache_dirs) -> None:
 # %% ../nbs/api/04_cache.ipynb #bbbfdd45
 def preprocessing_config(data_dir, split: str, montage: str = 'referential', sfreq: float = 256.0,
                          l_freq: float = 0.5, h_freq: float = 120.0, notch: float | None = 60.0,
-                         corpus: str = 'tusz', layout: str | None = None) -> dict:
+                         corpus: str = 'tusz', layout: str | None = None, reference: str = 'as_recorded') -> dict:
     """Everything that decides what a cache contains: stored in `cache.json`, compared on every build; `layout` is
     the corpus's release (`tusz.LAYOUTS`; None for a corpus with one layout, TUAB).
     Windows are not part of it: they are cut when the cache is read, so one cache serves any window length."""
-    return dict(corpus=corpus, layout=layout, split=split, data_dir=str(Path(data_dir).resolve()), montage=montage,
-                channels=channel_names(montage), unit='uV', sfreq=sfreq, l_freq=l_freq, h_freq=h_freq,
-                notch=notch, version=__version__)
+    if reference not in REFERENCES: raise ValueError(f'reference must be one of {REFERENCES}, got {reference!r}')
+    config = dict(corpus=corpus, layout=layout, split=split, data_dir=str(Path(data_dir).resolve()), montage=montage,
+                  channels=channel_names(montage), unit='uV', sfreq=sfreq, l_freq=l_freq, h_freq=h_freq,
+                  notch=notch, version=__version__)
+    # absent: as recorded, as in caches built before the setting existed (they stay valid)
+    return config | ({'reference': reference} if reference != 'as_recorded' else {})
 
 # %% ../nbs/api/04_cache.ipynb #5a64ae32
 def _check_annotation_fits(ann, n_seconds: float, path) -> None:
@@ -239,19 +252,37 @@ def _check_annotation_fits(ann, n_seconds: float, path) -> None:
                               f'{Path(path).name} ({n_seconds:.2f} s); clip it to the recording')
 
 # %% ../nbs/api/04_cache.ipynb #d5e2b7ec
+def _read_checked(f, config: dict) -> tuple[np.ndarray, EegReader]:
+    "Every sample of `f` read as `config` says (montage, reference), refused when too short to filter or flat."
+    rec = EegReader(f.path, config['montage'], reference=config.get('reference', 'as_recorded'))
+    check_filterable(rec.n_samples, rec.sfreq, f.path, *(config[k] for k in ('sfreq', 'l_freq', 'h_freq', 'notch')))
+    data = rec.read()  # the filterable check first: one sample is not flat
+    rec.check_not_flat()
+    return data, rec
+
+def _labelled(f, config: dict, data: np.ndarray, rec: EegReader, events) -> tuple[np.ndarray, np.ndarray, dict]:
+    "`data` preprocessed, its seizure mask from `events`, and what the manifest entry records (the reference too)."
+    x = preprocess(data, rec.sfreq, *(config[k] for k in ('sfreq', 'l_freq', 'h_freq', 'notch')), where=f.path)
+    return x, label_mask(events, x.shape[1], config['sfreq']), dict(
+        split=f.split, session=f.session, montage=f.montage, sfreq_in=rec.sfreq,
+        recorded_reference=rec.recorded_reference)
+
 def load_tusz(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     "A TUSZ recording preprocessed as `config` says, its seizure mask, and what its manifest entry records."
-    rec = EegReader(f.path, config['montage'])
-    filters = [config[k] for k in ('sfreq', 'l_freq', 'h_freq', 'notch')]
-    check_filterable(rec.n_samples, rec.sfreq, f.path, *filters)  # before the flat check: one sample is not flat
-    data, sfreq_in = rec.read(), rec.sfreq
-    rec.check_not_flat()
+    data, rec = _read_checked(f, config)
     ann = read_annotation(f.annotation)  # .csv_bi or .tse_bi
-    _check_annotation_fits(ann, data.shape[1] / sfreq_in, f.path)
-    check_annotation_matches(ann, f.path, data.shape[1] / sfreq_in)  # bname, duration, rows to the end
-    x = preprocess(data, sfreq_in, *filters, where=f.path)
-    return x, label_mask(ann.events, x.shape[1], config['sfreq']), dict(split=f.split, session=f.session,
-                                                                        montage=f.montage, sfreq_in=sfreq_in)
+    _check_annotation_fits(ann, data.shape[1] / rec.sfreq, f.path)
+    check_annotation_matches(ann, f.path, data.shape[1] / rec.sfreq)  # bname, duration, rows to the end
+    return _labelled(f, config, data, rec, ann.events)
+
+# %% ../nbs/api/04_cache.ipynb #ca-loadbids
+def load_bids(f: EdfFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    "A BIDS recording preprocessed as `config` says, its seizure mask from its `_events.tsv`, and its manifest entry."
+    data, rec = _read_checked(f, config)
+    ann = check_events_match(read_events_tsv(f.annotation), f.path, data.shape[1] / rec.sfreq)
+    return _labelled(f, config, data, rec, ann.events)
+
+LOADS = {'tusz': load_tusz, 'bids': load_bids}  # by `bids.DATA_FORMATS`
 
 # %% ../nbs/api/04_cache.ipynb #865b1c63
 def cache_recording(f, cache_dir, config: dict, load=load_tusz) -> tuple[str, str]:
@@ -372,12 +403,16 @@ def cache_files(files, cache_dir, config: dict, load=load_tusz, workers: int = 1
 
 # %% ../nbs/api/04_cache.ipynb #e62034c0
 def build_cache(data_dir, cache_dir, split: str = 'train', workers: int = 1, progress: bool = True,
-                verify: bool = False, **preprocessing) -> dict:
-    "Bring the cache of a TUSZ `split` (v2.0 or v1.5.2) in line with its EDFs (resumes a killed build); its scan."
-    files = discover(data_dir, split)
-    if not files: raise FileNotFoundError(f'{Path(data_dir) / "edf" / split}: no .edf files found')
-    config = preprocessing_config(data_dir, split, layout=files[0].layout, **preprocessing)
-    cache_files(files, cache_dir, config, load_tusz, workers, progress, verify)
+                verify: bool = False, data_format: str | None = None, **preprocessing) -> dict:
+    """Bring the cache of a `split` of a TUSZ corpus or a BIDS dataset (`data_format`, else told by
+    `bids.data_format_of`) in line with its EDFs (resumes a killed build); returns the scan."""
+    data_format = data_format or data_format_of(data_dir)
+    files = discover_recordings(data_dir, split, data_format)
+    if not files:
+        raise FileNotFoundError(f'{data_dir}: no recordings of split {split} found ({data_format} layout)' + (
+            '; a BIDS dataset whose participants.tsv has no split column is all eval' if data_format == 'bids' else ''))
+    config = preprocessing_config(data_dir, split, corpus=data_format, layout=files[0].layout, **preprocessing)
+    cache_files(files, cache_dir, config, LOADS[data_format], workers, progress, verify)
     return scan_cache(cache_dir)
 
 # %% ../nbs/api/04_cache.ipynb #c59b782e
@@ -423,15 +458,21 @@ def build_cache_cli(argv: list[str] | None = None) -> int:
     "`build-cache --data-dir D --cache-dir C --split train [--workers N] [--verify]`; exit 1 if every recording failed."
     p = argparse.ArgumentParser(prog='python -m brain_go_brrr build-cache',
                                 description='Preprocess a split of EDF recordings into a cache.')
-    p.add_argument('--data-dir', required=True, help='corpus root containing edf/')
+    p.add_argument('--data-dir', required=True, help="corpus root: TUSZ's (containing edf/) or a BIDS dataset's")
     p.add_argument('--cache-dir', required=True)
-    p.add_argument('--split', default='train', choices=('train', 'dev', 'eval'))
+    p.add_argument('--split', default='train', choices=('train', 'dev', 'eval'),
+                   help='a BIDS dataset without a split column in participants.tsv is all eval')
     p.add_argument('--workers', type=positive_int, default=1)
     p.add_argument('--montage', default='referential', choices=('referential', 'tcp'))
+    p.add_argument('--data-format', choices=DATA_FORMATS, help='tusz or bids (default: told by what is on disk)')
+    p.add_argument('--reference', default='as_recorded', choices=REFERENCES,
+                   help='common_average: re-reference every recording to the mean of its 19 electrodes, as SzCORE '
+                        'stores its datasets')
     p.add_argument('--verify', action='store_true', help="also redo recordings whose arrays fail their blake2b")
     a = p.parse_args(argv)
     t0 = time.time()
-    scan = build_cache(a.data_dir, a.cache_dir, a.split, a.workers, verify=a.verify, montage=a.montage)
+    scan = build_cache(a.data_dir, a.cache_dir, a.split, a.workers, verify=a.verify, data_format=a.data_format,
+                       montage=a.montage, reference=a.reference)
     print(format_scan(scan))
     print(f'built in {time.time() - t0:.1f} s', file=sys.stderr)
     if scan['recordings'] == 0:

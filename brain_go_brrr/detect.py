@@ -24,7 +24,8 @@ from .seizure_transformer import (RELEASED_POST, RELEASED_PROFILE, RELEASED_SWEE
                                                PreprocessingProfile, load_seizure_transformer,
                                                read_released_state_dict, released_config, released_events,
                                                released_probabilities)
-from .signal import EegReader, PreprocessedEeg
+from .bids import DATA_FORMATS, EVENT_COLUMNS, read_events_tsv, seizure_spans
+from .signal import EegReader, PreprocessedEeg, check_reference
 from .tusz import RECORDING_SUFFIXES, files_under, mask_events, reference_beside
 
 log = logging.getLogger('brain_go_brrr')
@@ -34,9 +35,9 @@ __all__ = ['log', 'STEP', 'EVAL_METRICS', 'DETECTOR_KEYS', 'PUBLISHED_POINT', 'T
            'resolve_device', 'clipping', 'window_of', 'window_starts_covering', 'predict_recording', 'predict_cache',
            'reference_events', 'sens_at_fa', 'dev_metrics', 'LoadedDetector', 'load_detector', 'load_released_detector',
            'load_trained_detector', 'post_at', 'default_post', 'operating_point', 'published_point', 'write_szcore_tsv',
-           'profile_probabilities', 'released_prediction', 'Detection', 'recording_start', 'detect_recording',
-           'plot_overview', 'plot_page', 'review_pages', 'write_figures', 'recordings_to_detect', 'autocast_for',
-           'format_summary', 'reference_latencies', 'detect_files', 'detect_cli']
+           'profile_probabilities', 'released_prediction', 'Detection', 'recording_start', 'check_references',
+           'detect_recording', 'plot_overview', 'plot_page', 'review_pages', 'write_figures', 'recordings_to_detect',
+           'autocast_for', 'format_summary', 'annotation_beside', 'reference_latencies', 'detect_files', 'detect_cli']
 
 # %% ../nbs/api/09a_detect.ipynb #08c1defa
 STEP = 16
@@ -128,6 +129,7 @@ class LoadedDetector(NamedTuple):
     operating_points: dict | None  # `dev_operating_points` of the checkpoint's last dev evaluation
     path: Path
     profile: PreprocessingProfile | None = None  # released weights: the preprocessing they were trained with
+    references: list | None = None  # of its training inputs (`Cache.references`); None: not recorded (older)
 
     @property
     def transform(self):
@@ -161,7 +163,7 @@ def load_released_detector(path, device='cpu') -> LoadedDetector:
 
 # %% ../nbs/api/09a_detect.ipynb #02a49cab
 def load_trained_detector(ck: dict, path, device='cpu') -> LoadedDetector:
-    "The detector of a training checkpoint `ck`, its statistics, parameters and dev operating points."
+    "The detector of a training checkpoint `ck`, its statistics, parameters, dev operating points and input references."
     p = TrainParams(**{'input_clip_sigma': None, **ck['params']})  # saved before the clip existed: trained without
     model = build_detector(p.model, p.edge_clamp)
     model.load_state_dict(ck['model'])
@@ -170,7 +172,7 @@ def load_trained_detector(ck: dict, path, device='cpu') -> LoadedDetector:
                       path=f'{path}:norm_stats')
     evals = [h for h in ck.get('state', {}).get('history', []) if h.get('dev_operating_points')]
     points = evals[-1]['dev_operating_points'] if evals else None
-    return LoadedDetector(model.to(device).eval(), stats, p, points, Path(path))
+    return LoadedDetector(model.to(device).eval(), stats, p, points, Path(path), references=ck.get('references'))
 
 # %% ../nbs/api/09a_detect.ipynb #05dc89f1
 def post_at(threshold: float, post: dict = POST_DEFAULTS) -> dict:
@@ -229,7 +231,7 @@ def published_point(hyp_events: dict, ref_events: dict, durations: dict, scorers
     return {name: {'threshold': RELEASED_POST['threshold'], **v} for name, v in figures.items()}
 
 # %% ../nbs/api/09a_detect.ipynb #db6f80c4
-TSV_COLUMNS = ('onset', 'duration', 'eventType', 'confidence', 'channels', 'dateTime', 'recordingDuration')
+TSV_COLUMNS = EVENT_COLUMNS  # HED-SCORE's, as `bids` reads them
 
 def write_szcore_tsv(path, events, duration_s: float, start: datetime | None = None) -> Path:
     "Seizure `events` `(start_s, stop_s, confidence)` as an SzCORE (HED-SCORE / BIDS) events `.tsv`."
@@ -274,12 +276,20 @@ def recording_start(reader: EegReader) -> datetime | None:
     when = reader.raw.info.get('meas_date')
     return when.replace(tzinfo=None) if when else None
 
+# %% ../nbs/api/09a_detect.ipynb #dt-refs
+def check_references(det: LoadedDetector, given, where) -> None:
+    "Refuse inputs referenced to `given` (one reference, or a cache's list) unlike `det`'s training inputs."
+    if det.profile is not None: return  # released weights: their own profile
+    for reference in [given] if isinstance(given, str) else given: check_reference(det.references, reference, where,
+                                                                                    det.path)
+
 # %% ../nbs/api/09a_detect.ipynb #1fefeb2b
 def detect_recording(det: LoadedDetector, path, point: dict, device='cpu', batch_size: int = 8,
                      autocast=nullcontext, unit: str | None = None) -> tuple[Detection, PreprocessedEeg]:
     "Read, preprocess and predict one recording a block at a time (released weights: whole); events at `point`."
     p = det.params
-    reader = EegReader(path, p.montage, unit)
+    reader = EegReader(path, p.montage, unit, p.reference)
+    check_references(det, reader.input_reference, path)
     signal = PreprocessedEeg(reader, p.sfreq)  # the filters the training caches were built with; the figures show it
     rate = p.sfreq / STEP
     if det.profile is None:
@@ -407,19 +417,27 @@ def format_summary(rows: list[dict]) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/api/09a_detect.ipynb #dt-latency
-def reference_latencies(d: Detection) -> list | None:
-    """Onset latency of each seizure of the reference beside the recording (TUSZ's `.csv_bi`, or v1.5.2's `.tse_bi`);
-    None where there is none."""
-    path = reference_beside(d.path)
-    if path is None: return None
-    ref = scoring.read_csv_bi(path)
+def annotation_beside(path, data_format: str | None = None) -> scoring.Annotation | None:
+    """The seizures annotated beside a recording (`tusz.reference_beside`: TUSZ's `.csv_bi` or `.tse_bi`, a BIDS
+    `_events.tsv`; `data_format` keeps one layout's), as scoring reads them; None where there is none."""
+    path = reference_beside(path)
+    is_tsv = path is not None and path.name.endswith('_events.tsv')
+    if path is None or data_format == ('tusz' if is_tsv else 'bids'): return None
+    if not is_tsv: return scoring.read_csv_bi(path)
+    ann = read_events_tsv(path)
+    return scoring.Annotation([(a, b, scoring.SEIZ) for a, b in seizure_spans(ann)], ann.duration, ann.bname,
+                              str(path))
+
+def reference_latencies(d: Detection, data_format: str | None = None) -> list | None:
+    "Onset latency of each seizure annotated beside the recording (`annotation_beside`); None where none is."
+    if (ref := annotation_beside(d.path, data_format)) is None: return None
     hyp = [(a, min(b, ref.duration), scoring.SEIZ) for a, b, _ in d.events if a < ref.duration]
     return [r['latency_s'] for r in scoring.onset_latencies([(ref, scoring.Annotation(hyp, ref.duration, ref.bname))])]
 
 # %% ../nbs/api/09a_detect.ipynb #8b2578d3
 def detect_files(det: LoadedDetector, paths, out_dir, point: dict, device='cpu', batch_size: int = 8,
                  precision: str = 'fp32', unit: str | None = None, figures: bool = True,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, data_format: str | None = None) -> list[dict]:
     "Detect in every recording under `paths`; write each one's outputs under `out_dir`; one summary row each."
     device, out_dir, recordings = torch.device(device), Path(out_dir), recordings_to_detect(paths)  # refusals first
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -437,7 +455,7 @@ def detect_files(det: LoadedDetector, paths, out_dir, point: dict, device='cpu',
             if figures: write_figures(d, signal, signal.reader.channels, point['threshold'], stem)
             rows.append(dict(recording=str(rel), status='ok', hours=d.duration_s / 3600, events=len(d.events),
                              seizure_s=d.seizure_s, max_prob=float(d.probs.max())))
-            if (latencies := reference_latencies(d)) is not None: rows[-1]['onset_latency_s'] = latencies
+            if (latencies := reference_latencies(d, data_format)) is not None: rows[-1]['onset_latency_s'] = latencies
         except Exception as e:  # one unusable file is reported, the others go on
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             rows.append(dict(recording=str(rel), status=why if str(path) in why else f'{path}: {why}'))
@@ -462,6 +480,8 @@ def detect_cli(argv: list[str] | None = None) -> int:
     ap.add_argument('--precision', choices=tuple(PRECISIONS), default='fp32', help='autocast precision (default fp32)')
     ap.add_argument('--unit', help="the EEG channels' unit (uV, mV, V) where EDF headers leave it blank")
     ap.add_argument('--no-figures', action='store_true', help='skip the overview and review pages (faster)')
+    ap.add_argument('--data-format', choices=DATA_FORMATS, help='where the reference annotations beside each recording '
+                    "are read for the onset latencies: TUSZ's .csv_bi or a BIDS _events.tsv (default: either)")
     a = ap.parse_args(argv)
     if a.threshold is not None and not 0 < a.threshold < 1: ap.error('--threshold: give a probability in (0, 1)')
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
@@ -469,7 +489,8 @@ def detect_cli(argv: list[str] | None = None) -> int:
     det = load_detector(a.checkpoint, device)
     point = operating_point(det, a.operating_point, a.threshold)
     start = time.perf_counter()
-    rows = detect_files(det, a.paths, a.out, point, device, a.batch_size, a.precision, a.unit, not a.no_figures)
+    rows = detect_files(det, a.paths, a.out, point, device, a.batch_size, a.precision, a.unit, not a.no_figures,
+                        data_format=a.data_format)
     failed = [r for r in rows if r['status'] != 'ok']
     hours = sum(r['hours'] for r in rows if r['status'] == 'ok')
     print(format_summary(rows))

@@ -61,10 +61,11 @@ class SplitRecordings:
         return line + ''.join(f'\n  {t}: {why}' for t, why in self.refused.items())
 
 # %% ../nbs/api/10a_metrics.ipynb #mt-split
-def split_recordings(files, failures: Sequence[Mapping] = ()) -> SplitRecordings:
+def split_recordings(files, failures: Sequence[Mapping] = (), references: Mapping[str, Path] | None = None
+                     ) -> SplitRecordings:
     """Every recording of `files` (`tusz.discover(data_dir, split)`: each with `bname`, `subject`, `annotation`,
-    `type_annotation`)
-    with its reference; `failures` (`Cache.failures`: `token` and `reason`) are the ones the pipeline refused."""
+    `type_annotation`) with its reference, the one beside it or `references[bname]` (a BIDS dataset's, converted);
+    `failures` (`Cache.failures`: `token` and `reason`) are the ones the pipeline refused."""
     files = {f.bname: f for f in files}
     refused = {}
     for failure in failures:
@@ -72,9 +73,10 @@ def split_recordings(files, failures: Sequence[Mapping] = ()) -> SplitRecordings
             raise ValueError(f'{failure.get("source", failure["token"])}: the cache records a failure for a recording '
                              'that is not in this split; build the cache of this split again')
         refused[failure['token']] = failure['reason']
-    return SplitRecordings(refs={t: read_csv_bi(f.annotation) for t, f in files.items()},
+    read = lambda t, f: read_csv_bi(f.annotation if references is None else references[t])
+    return SplitRecordings(refs={t: read(t, f) for t, f in files.items()},
                            subjects={t: f.subject for t, f in files.items()},
-                           channel_files={t: Path(f.type_annotation) for t, f in files.items()}, refused=refused)
+                           channel_files={t: f.type_annotation for t, f in files.items()}, refused=refused)
 
 # %% ../nbs/api/10a_metrics.ipynb #00a1400a
 TYPES = ('fnsz', 'gnsz', 'cpsz', 'absz', 'spsz', 'tcsz', 'tnsz', 'mysz')

@@ -37,6 +37,9 @@ class TrainParams(BaseModel):
     synth_seed: int = 0
     cache_workers: int = Field(2, ge=1)
     montage: Literal['referential', 'tcp'] = 'referential'
+    reference: Literal['as_recorded', 'common_average'] = Field(  # signal.REFERENCES
+        'as_recorded', description="common_average: every recording re-referenced to the mean of its electrodes as "
+        "it is cached, as SzCORE's datasets are stored, so that a model is trained as it will be tested")
     sfreq: float = Field(256.0, gt=0)
     window_s: float = Field(60.0, gt=0)
     stride_s: float = Field(10.0, gt=0)

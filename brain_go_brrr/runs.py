@@ -50,8 +50,10 @@ def data_dir_of(p: TrainParams) -> Path:
 
 # %% ../nbs/api/00b_runs.ipynb #22f01f4a
 def cache_dir_of(p: TrainParams, split: str) -> Path:
-    "The cache of `split` for run `p`: under its `cache_dir`, else `<output_dir>/cache/<corpus folder name>`."
-    root = Path(p.cache_dir) if p.cache_dir else Path(p.output_dir) / 'cache' / data_dir_of(p).name
+    """The cache of `split` for run `p`: under its `cache_dir`, else `<output_dir>/cache/<corpus folder name>`
+    (`<name>-common_average` for a run that re-references: the two caches of one corpus differ)."""
+    name = data_dir_of(p).name + ('-common_average' if p.reference == 'common_average' else '')
+    root = Path(p.cache_dir) if p.cache_dir else Path(p.output_dir) / 'cache' / name
     return root / split
 
 # %% ../nbs/api/00b_runs.ipynb #20dc565f

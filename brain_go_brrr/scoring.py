@@ -5,7 +5,7 @@
 # %% ../nbs/api/10_scoring.ipynb #532b102d
 from __future__ import annotations
 
-import argparse, json, sys, warnings
+import argparse, json, re, sys, warnings
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -318,8 +318,9 @@ def szcore_metrics(counts: Counts, duration_s: float) -> dict:
 
 # %% ../nbs/api/10_scoring.ipynb #sc-sz-score
 def subject_of(bname: str) -> str:
-    "The subject of a recording: the first part of a TUSZ bname `<subject>_s<session>_t<token>`, else the bname."
-    m = _BNAME.match(bname)
+    """The subject of a recording: the first part of a TUSZ bname `<subject>_s<session>_t<token>` or of a BIDS one
+    `sub-<label>_ses-...` (SzCORE's datasets), else the bname."""
+    m = _BNAME.match(bname) or re.match(r'^(?P<subject>sub-[^_]+)_', bname)
     return m['subject'] if m else bname
 
 # %% ../nbs/api/10_scoring.ipynb #sc-sz-subject-counts

@@ -15,8 +15,9 @@ from scipy import signal as sps
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
-__all__ = ['log', 'CHANNELS', 'ALIASES', 'TUAB23_CHANNELS', 'TCP_PAIRS', 'MONTAGES', 'EDF_MAGIC', 'BDF_MAGIC',
-           'ANNOTATION_LABELS', 'VOLTS_PER_UNIT', 'WINDOW_CLASSES', 'canonical_channel', 'channel_reference',
+__all__ = ['log', 'CHANNELS', 'ALIASES', 'TUAB23_CHANNELS', 'TCP_PAIRS', 'MONTAGES', 'REFERENCES', 'EDF_MAGIC', 'BDF_MAGIC',
+           'ANNOTATION_LABELS', 'VOLTS_PER_UNIT', 'DOUBLE_BANANA', 'WINDOW_CLASSES', 'canonical_channel',
+           'channel_reference', 'input_reference', 'common_average', 'ReferenceMismatch', 'check_reference',
            'channel_names', 'SignalError', 'read_edf_header', 'volts_per_unit', 'EegReader', 'read_eeg',
            'filter_sections', 'check_filterable', 'preprocess', 'PreprocessedEeg', 'window_starts', 'window_classes']
 
@@ -44,6 +45,33 @@ def channel_reference(label: str) -> str:
     "The reference a label names: `EEG T4-A2` -> `A2`, `EEG FP1-ref` -> `REF`, `Fp1` -> `` (none named)."
     m = _REFERENCE.search(label.strip())
     return m[1].upper() if m else ''
+
+# %% ../nbs/api/02_signal.ipynb #sg-inref
+REFERENCES = ('as_recorded', 'common_average')  # the `reference` setting of a cache and of TrainParams
+
+def input_reference(recorded: str, reference: str = 'as_recorded', montage: str = 'referential') -> str:
+    "What a model is given: `bipolar` (TCP pairs), `AVG` when re-referenced to the common average, else `recorded`."
+    if reference not in REFERENCES: raise ValueError(f'reference must be one of {REFERENCES}, got {reference!r}')
+    if montage == 'tcp': return 'bipolar'
+    return 'AVG' if reference == 'common_average' else recorded
+
+# %% ../nbs/api/02_signal.ipynb #sg-car
+def common_average(x: np.ndarray) -> np.ndarray:
+    "Every electrode (rows of `x`) minus the mean of all of them, sample by sample."
+    return x - x.mean(0, keepdims=True)
+
+# %% ../nbs/api/02_signal.ipynb #sg-chk
+class ReferenceMismatch(ValueError):
+    "Inputs referenced unlike the training inputs of the model given them; the message names both and the fix."
+
+def check_reference(trained, given: str, where, model) -> None:
+    "Refuse inputs referenced to `given` for `model`, trained on inputs referenced to `trained` (a list)."
+    if not trained or '' in trained or not given or given in trained: return
+    raise ReferenceMismatch(
+        f'{where}: its inputs are {given}-referenced, but {model} was trained on {"/".join(trained)}-referenced ones '
+        'and a model learns its reference (its figures on these would not be its own); train a model as it will be '
+        'tested, re-referenced to the common average (`-p reference common_average`: every recording, TUSZ or '
+        "SzCORE's, is then given averaged), or give it recordings referenced like its training data")
 
 # %% ../nbs/api/02_signal.ipynb #76d0468b
 def channel_names(montage: str = 'referential') -> list[str]:
@@ -113,13 +141,22 @@ def volts_per_unit(unit: str) -> float | None:
     return VOLTS_PER_UNIT.get(key.lower())
 
 # %% ../nbs/api/02_signal.ipynb #1cfa92fb
+# epilepsy2bids' Eeg.BIPOLAR_DBANANA, in canonical names: the montage SzCORE's CHB-MIT is stored in
+DOUBLE_BANANA = ('FP1-F3', 'F3-C3', 'C3-P3', 'P3-O1', 'FP1-F7', 'F7-T3', 'T3-T5', 'T5-O1', 'FZ-CZ', 'CZ-PZ',
+                 'FP2-F4', 'F4-C4', 'C4-P4', 'P4-O2', 'FP2-F8', 'F8-T4', 'T4-T6', 'T6-O2')
+
 def _bipolar_hint(raw_names: list[str]) -> str:
-    "A recording of electrode differences only (`FP1-F7`) cannot be turned back into the electrodes."
+    "A recording of electrode differences only (`FP1-F7`) cannot be turned back into the electrodes; its montage named."
     pairs = [n for n in raw_names if re.fullmatch(r'(EEG\s+)?[A-Z0-9]+-[A-Z0-9]+', n.strip(), re.I)
              and not _REFERENCE.search(n.strip())]
     if len(pairs) < len(raw_names) / 2: return ''
-    return ('; its channels are bipolar pairs (e.g. ' + ', '.join(pairs[:3]) + '), from which the referential '
-            'electrodes cannot be recovered: export the recording with its referential channels')
+    canonical = {'-'.join(map(canonical_channel, re.sub(r'^EEG\s+', '', n.strip(), flags=re.I).split('-')))
+                 for n in pairs}
+    montage = ("the 18-pair double banana, as SzCORE's CHB-MIT is stored" if set(DOUBLE_BANANA) <= canonical
+               else f'{len(pairs)} of them')
+    return (f'; its channels are bipolar pairs ({montage}; e.g. {", ".join(pairs[:3])}), from which the referential '
+            "electrodes cannot be recovered, nor the TCP montage's ear pairs (A1-T3, T4-A2): no model here reads a "
+            'bipolar-only recording; export it with its referential channels')
 
 # %% ../nbs/api/02_signal.ipynb #5da1c6a6
 def _pick_one(names: list[str], channel: str, ref: str, path) -> str:
@@ -237,8 +274,9 @@ def _rescale(path, raw, header: dict, picks: list[str], unit: str | None) -> np.
 class EegReader:
     """An EEG file opened for reading any span of it: µV, in the montage's channel order, `n_samples` at `sfreq`.
     Reading a span reads only that span from disk, so a 24-h recording costs the memory of the span."""
-    def __init__(self, path, montage: str = 'referential', unit: str | None = None):
+    def __init__(self, path, montage: str = 'referential', unit: str | None = None, reference: str = 'as_recorded'):
         self.path, self.montage, self.channels = path, montage, channel_names(montage)  # validates the montage
+        self.reference = reference  # `REFERENCES`: as recorded, or re-referenced to the common average when read
         self.refs = sorted({c for pair in TCP_PAIRS for c in pair}) if montage == 'tcp' else list(self.channels)
         header = read_edf_header(path) if _is_edf_or_bdf(path) else None
         if header:
@@ -255,19 +293,22 @@ class EegReader:
                               f'mne.io.read_raw reads (.fif, .vhdr, .set, ...) are read') from e
         labels = [l for l in header['labels'] if l not in ANNOTATION_LABELS] if header else self.raw.ch_names
         self.picks = _pick_canonical(labels, self.refs, path, montage)
+        self.recorded_reference = Counter(map(channel_reference, self.picks)).most_common(1)[0][0]  # REF, LE, AVG...
+        self.input_reference = input_reference(self.recorded_reference, reference, montage)
         if header: _check_scales(path, header, self.picks)
         self.scale = _rescale(path, self.raw, header, self.picks, unit) if header else np.ones(len(self.picks))
         self.sfreq, self.n_samples = float(self.raw.info['sfreq']), self.raw.n_times
         self.low, self.high = np.full(len(self.refs), np.inf), np.full(len(self.refs), -np.inf)
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        "Samples `start:stop` (channels, samples) as float32 µV; NaN/Inf refused."
+        "Samples `start:stop` (channels, samples) as float32 µV, re-referenced as `reference` says; NaN/Inf refused."
         try: data = self.raw.get_data(picks=self.picks, start=start, stop=stop) * self.scale[:, None] * 1e6
         except Exception as e:
             raise SignalError(f'{self.path}: cannot read samples, the file may be truncated '
                               f'({type(e).__name__}: {e})') from e
         _check_finite(data, self.refs, self.path)
         self.low, self.high = np.minimum(self.low, data.min(1)), np.maximum(self.high, data.max(1))
+        if self.reference == 'common_average': data = common_average(data)  # after the flat check's range: as recorded
         if self.montage == 'tcp':
             idx = {c: i for i, c in enumerate(self.refs)}
             data = np.stack([data[idx[a]] - data[idx[b]] for a, b in TCP_PAIRS])

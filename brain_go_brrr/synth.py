@@ -11,19 +11,19 @@ import edfio
 import numpy as np
 from scipy import fft as sp_fft
 from scipy.special import i0e
-from .signal import TCP_PAIRS
+from .signal import TCP_PAIRS, common_average
 from .tusz import LAYOUTS, discover, read_annotation
 
 # %% auto #0
 __all__ = ['ELECTRODES', 'HEAD', 'TUAB_HEAD', 'POSITIONS', 'SEIZURE_TYPES', 'STATES', 'AWAKE', 'ASLEEP', 'TUSZ_ORDER',
            'TUAB_ORDER', 'OPTIONAL_CHANNELS', 'TEN_TEN', 'LBL_SYMBOLS', 'SYNTH_VERSION', 'SFREQS', 'MONTAGES',
-           'distances', 'around', 'shaped_noise', 'pink', 'band', 'passband', 'spatially_correlated', 'SeizureType',
-           'Subject', 'random_subject', 'vigilance', 'state_gain', 'background', 'events', 'eye_artifacts', 'muscle',
-           'electrode_pops', 'line_noise', 'Seizure', 'plan_seizures', 'rhythm', 'seizure', 'postictal', 'ekg',
-           'photic', 'monitor_trends', 'head_signals', 'tusz_labels', 'write_edf', 'fill_background', 'annotation_text',
-           'tse_text', 'lbl_text', 'write_annotations', 'subject_names', 'split_subjects', 'edf_patient',
-           'v152_subject', 'synth_tusz', 'corpus_summary', 'synth_tusz_cli', 'abnormal', 'synth_tuab',
-           'synth_sleep_edf']
+           'BIDS_ELECTRODES', 'SZCORE_SFREQ', 'distances', 'around', 'shaped_noise', 'pink', 'band', 'passband',
+           'spatially_correlated', 'SeizureType', 'Subject', 'random_subject', 'vigilance', 'state_gain', 'background',
+           'events', 'eye_artifacts', 'muscle', 'electrode_pops', 'line_noise', 'Seizure', 'plan_seizures', 'rhythm',
+           'seizure', 'postictal', 'ekg', 'photic', 'monitor_trends', 'head_signals', 'tusz_labels', 'write_edf',
+           'fill_background', 'annotation_text', 'tse_text', 'lbl_text', 'write_annotations', 'subject_names',
+           'split_subjects', 'edf_patient', 'v152_subject', 'synth_tusz', 'corpus_summary', 'synth_tusz_cli',
+           'abnormal', 'synth_tuab', 'write_szcore_edf', 'write_bids_events', 'synth_bids', 'synth_sleep_edf']
 
 # %% ../nbs/api/03_synth.ipynb #a7cd45ad
 ELECTRODES = ('FP1', 'FP2', 'F7', 'F3', 'FZ', 'F4', 'F8', 'T3', 'C3', 'CZ', 'C4', 'T4',
@@ -478,7 +478,8 @@ def write_annotations(edf_path, seconds, seizures: list[Seizure], montage_file, 
     edf_path.with_suffix('.lbl_bi').write_text(lbl_text(reference, two_class))
 
 # %% ../nbs/api/03_synth.ipynb #09eedfa4
-SYNTH_VERSION = {'tusz': 1, 'tuab': 2, 'sleep-edf': 1}  # bump a corpus's when the generator changes what it writes
+# bump a corpus's version when the generator changes what it writes
+SYNTH_VERSION = {'tusz': 1, 'tuab': 2, 'sleep-edf': 1, 'bids': 1}
 
 def _write_once(out, params: dict, write) -> Path:
     "Call `write()` to fill the empty folder `out`, then record `params`; same params again: nothing to do."
@@ -664,6 +665,63 @@ def synth_tuab(out_dir, subjects: int = 20, seed: int = 0, seconds: tuple[float,
                           startdate=dt.date(year + s, 1 + int(rrng.integers(12)), 1 + int(rrng.integers(28))))
     return _write_once(out, dict(corpus='tuab', subjects=subjects, seed=seed, seconds=list(seconds),
                                  sfreqs=list(sfreqs)), write)
+
+# %% ../nbs/api/03_synth.ipynb #sy-bids-events
+# epilepsy2bids' Eeg.ELECTRODES_10_20, the order of SzCORE's files
+BIDS_ELECTRODES = ('Fp1', 'F3', 'C3', 'P3', 'O1', 'F7', 'T3', 'T5', 'Fz', 'Cz', 'Pz', 'Fp2', 'F4', 'C4', 'P4', 'O2',
+                   'F8', 'T4', 'T6')
+SZCORE_SFREQ = 256  # Hz: every SzCORE recording
+
+def write_szcore_edf(path, x: np.ndarray, **header) -> Path:
+    "19 rows of µV in `BIDS_ELECTRODES` order written as SzCORE's recordings are: common average, `Fp1-Avg`..., 256 Hz."
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or len(x) != len(BIDS_ELECTRODES):
+        raise ValueError(f'{path}: SzCORE recordings have {len(BIDS_ELECTRODES)} channels '
+                         f'({", ".join(BIDS_ELECTRODES)}), got an array of shape {x.shape}')
+    return write_edf(path, {f'{e}-Avg': row for e, row in zip(BIDS_ELECTRODES, common_average(x))}, SZCORE_SFREQ,
+                     **header)
+
+def write_bids_events(path, seizures: list[tuple[float, float]], seconds: float, start: dt.datetime) -> Path:
+    "`_events.tsv` of one recording written by epilepsy2bids' own `Annotations` (a `bckg` row when seizure-free)."
+    from epilepsy2bids.annotations import Annotations  # pandas and timescoring: loaded only by what writes BIDS
+    annotations = Annotations.loadEvents(seizures, seconds)
+    for event in annotations.events: event['dateTime'] = start  # as its converters set it, from the EDF header
+    annotations.saveTsv(str(path))
+    return Path(path)
+
+# %% ../nbs/api/03_synth.ipynb #sy-bids
+def synth_bids(out_dir, subjects: int = 4, seed: int = 0, seconds: tuple[float, float] = (120, 300),
+               splits: bool = False) -> Path:
+    "Write a synthetic dataset in SzCORE's BIDS layout (`-Avg` channels at 256 Hz, `_events.tsv`); return it."
+    _check_seconds(seconds)
+    out, rng, sfreq = Path(out_dir), np.random.default_rng([seed, 3]), SZCORE_SFREQ
+    ids = [f'{k + 1:02d}' for k in range(subjects)]
+    tuh = dict(zip(ids, subject_names(rng, subjects)))
+    split_of = split_subjects(ids) if splits else {}
+    def write():
+        for i, sid in enumerate(ids):
+            srng = np.random.default_rng([seed, 3, i])
+            subject = random_subject(srng, tuh[sid])
+            if i == 0: subject = replace(subject, seizure_rate=max(subject.seizure_rate, 1.0))  # one with seizures
+            for run in range(int(srng.choice([1, 2], p=[0.6, 0.4]))):
+                rrng = np.random.default_rng([seed, 3, i, run])
+                n = int(np.clip(rrng.poisson(subject.seizure_rate), 1 if i == run == 0 else 0, 3))
+                length = int(rrng.uniform(*seconds))
+                signals, seizures = head_signals(rrng, subject, length, sfreq, n)
+                stem = out / f'sub-{sid}' / 'ses-01' / 'eeg' / f'sub-{sid}_ses-01_task-szMonitoring_run-{run + 1:02d}'
+                start = dt.datetime(2020, 1 + i % 12, 1 + run, 9, 0, 0)
+                write_szcore_edf(stem.with_name(stem.name + '_eeg.edf'), [signals[e.upper()] for e in BIDS_ELECTRODES],
+                                 patient=edfio.Patient(code=f'sub-{sid}'), startdate=start.date())
+                write_bids_events(stem.with_name(stem.name + '_events.tsv'), [(s.start, s.stop) for s in seizures],
+                                  length, start)
+        columns = {'participant_id': [f'sub-{s}' for s in ids]}
+        if splits: columns |= {'TUH_id': [tuh[s] for s in ids], 'split': [split_of[s] for s in ids]}
+        rows = ['\t'.join(columns)] + ['\t'.join(v[k] for v in columns.values()) for k in range(subjects)]
+        (out / 'participants.tsv').write_text('\n'.join(rows) + '\n')
+        (out / 'dataset_description.json').write_text(json.dumps(
+            {'Name': 'synthetic SzCORE-format EEG', 'BIDSVersion': '1.9.0', 'DatasetType': 'raw'}, indent=4) + '\n')
+    return _write_once(out, dict(corpus='bids', subjects=subjects, seed=seed, seconds=list(seconds), splits=splits),
+                       write)
 
 # %% ../nbs/api/03_synth.ipynb #cc7977e2
 def synth_sleep_edf(out_dir, recordings: int = 4, seed: int = 0, seconds: float = 600) -> Path:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from .params import ParamsError, TrainParams, load_params, parse_yaml, shortened
 from .tusz import check_splits
+from .bids import data_format_of
 from .cache import (STATS_FILE, build_cache, cache_lock, check_cache_splits, open_cache, scan_cache,
                                  format_scan, verify_cache)
 from .datasets import WindowDataset, BalancedSeizureDataset, make_loader
@@ -83,17 +84,19 @@ class Preflight:
     scans: dict  # split: what `scan_cache` counted
     stats: NormStats
     audit: AuditReport
+    references: list  # of the training inputs (`Cache.references`): detect and evaluate check them
 
 # %% ../nbs/api/08_train.ipynb #050f8c9a
 def preflight(p: TrainParams, rank: int = 0) -> Preflight:
     "Check everything knowable before step one; builds missing caches (rank 0), audits the statistics."
     data_dir = data_dir_of(p)
-    check_splits(data_dir)
+    if data_format_of(data_dir) == 'tusz': check_splits(data_dir)  # a BIDS dataset gives each subject one split
     scans = {}
     for split in ('train', 'dev'):
         cdir = cache_dir_of(p, split)
         if rank == 0:
-            build_cache(data_dir, cdir, split, p.cache_workers, montage=p.montage, sfreq=p.sfreq)
+            build_cache(data_dir, cdir, split, p.cache_workers, montage=p.montage, sfreq=p.sfreq,
+                        reference=p.reference)
             verify_cache(cdir)  # every array's size and checksum against its manifest entry
             if split == 'train' and not p.norm_stats: stats_of_training_cache(p)
         barrier()
@@ -108,7 +111,7 @@ def preflight(p: TrainParams, rank: int = 0) -> Preflight:
     audit = gate_normalization(stats, cache_dir_of(p, 'train'), override=p.norm_override, log=log.info,
                                precision=precision,
                                n_windows=p.audit_windows, window_s=p.window_s, stride_s=p.stride_s, seed=p.seed)
-    return Preflight(scans, stats, audit)
+    return Preflight(scans, stats, audit, open_cache(cache_dir_of(p, 'train')).references)
 
 # %% ../nbs/api/08_train.ipynb #c5d074ac
 NO_DECAY_MODULES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm, torch.nn.Embedding)
@@ -373,10 +376,10 @@ def unwrap(model):
     return model.module if hasattr(model, 'module') else model
 
 # %% ../nbs/api/08_train.ipynb #77300a7d
-def checkpoint_of(model, opt: Optimisation, state: TrainState, p: TrainParams, stats: NormStats) -> dict:
-    "Everything the next step depends on, and what `detect` needs: weights, parameters, statistics."
+def checkpoint_of(model, opt: Optimisation, state: TrainState, p: TrainParams, checks: Preflight) -> dict:
+    "Everything the next step depends on, and what `detect` needs: weights, parameters, statistics, input references."
     return dict(model=unwrap(model).state_dict(), **opt.state_dict(), rng=rng_state(), state=asdict(state),
-                params=p.model_dump(mode='json'), norm_stats=stats.to_dict())
+                params=p.model_dump(mode='json'), norm_stats=checks.stats.to_dict(), references=checks.references)
 
 # %% ../nbs/api/08_train.ipynb #06da95b2
 # what changes neither the data nor the steps taken; output_dir: a run folder may be moved
@@ -386,7 +389,8 @@ RESUME_MAY_CHANGE = ('resume', 'epochs', 'patience', 'eval_every', 'num_workers'
 
 def resume_changes(saved: dict, p: TrainParams, where='last.pt') -> dict:
     "{name: [checkpoint's, now]} of the parameters that changed; changes outside `RESUME_MAY_CHANGE` are refused."
-    old, new = flat_keys(saved), flat_keys(p.model_dump(mode='json'))
+    # saved before `reference` existed: its caches were as recorded
+    old, new = flat_keys({'reference': 'as_recorded', **saved}), flat_keys(p.model_dump(mode='json'))
     changed = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
     refused = [f'{k} {a!r} -> {b!r}' for k, (a, b) in changed.items() if k.split('.')[0] not in RESUME_MAY_CHANGE]
     if refused: raise ValueError(f'{where}: resuming with parameters other than the checkpoint\'s '
@@ -547,7 +551,7 @@ def train(p: TrainParams) -> dict:
             bar.set_postfix(loss=f'{step.loss:.4f}')
             if rank == 0 and checkpoint_due(p, saved_at):
                 state.seconds = time.time() - clock
-                save_checkpoint(last, checkpoint_of(model, opt, state, p, checks.stats))
+                save_checkpoint(last, checkpoint_of(model, opt, state, p, checks))
                 saved_at = time.time()
         state.epoch += 1
         state.batch = 0
@@ -567,7 +571,7 @@ def train(p: TrainParams) -> dict:
                 improved = state.judge(metrics, watched)
                 stop = state.bad_epochs >= p.patience
             state.seconds = time.time() - clock
-            checkpoint = checkpoint_of(model, opt, state, p, checks.stats)
+            checkpoint = checkpoint_of(model, opt, state, p, checks)
             save_checkpoint(last, checkpoint)  # every epoch, so a crash loses at most one
             if improved: save_checkpoint(best, checkpoint)
             saved_at = time.time()

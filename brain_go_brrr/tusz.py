@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['SPLITS', 'SEIZURE_TYPES', 'LABELS', 'LAYOUTS', 'ANNOTATION_SUFFIXES', 'TSE_SUFFIXES', 'RECORDING_SUFFIXES', 'COLUMNS',
-           'TSE_VERSION', 'TSE_COLUMNS', 'EdfFile', 'layout_of', 'parse_edf_path', 'reference_beside', 'files_under',
-           'corpus_files', 'recordings_in', 'recordings_under', 'AnnotationError', 'discover',
+           'TSE_VERSION', 'TSE_COLUMNS', 'events_path', 'EdfFile', 'layout_of', 'parse_edf_path', 'reference_beside',
+           'files_under', 'corpus_files', 'recordings_in', 'recordings_under', 'AnnotationError', 'discover',
            'subjects_in_several_splits', 'check_splits', 'check_splits_cli', 'Event', 'Annotation', 'utf8_text',
            'read_annotation', 'check_annotation_matches', 'label_mask', 'mask_events']
 
@@ -23,9 +23,14 @@ SEIZURE_TYPES = ('seiz', 'fnsz', 'gnsz', 'cpsz', 'absz', 'spsz', 'tcsz', 'tnsz',
 LABELS = ('bckg', *SEIZURE_TYPES)
 
 # %% ../nbs/api/01_tusz.ipynb #40ac65bf
-LAYOUTS = ('v2.0', 'v1.5.2')
-ANNOTATION_SUFFIXES = {'v2.0': ('.csv_bi', '.csv'), 'v1.5.2': ('.tse_bi', '.tse')}  # layout: (reference, types)
+LAYOUTS = ('v2.0', 'v1.5.2', 'bids')  # bids: SzCORE's datasets as epilepsy2bids writes them (`bids.discover_bids`)
+ANNOTATION_SUFFIXES = {'v2.0': ('.csv_bi', '.csv'), 'v1.5.2': ('.tse_bi', '.tse')}  # TUSZ layout: (reference, types)
 TSE_SUFFIXES = ANNOTATION_SUFFIXES['v1.5.2']
+
+def events_path(recording) -> Path:
+    "The `_events.tsv` beside a BIDS recording (its path): `<stem>_events.tsv` for `<stem>_eeg.edf`."
+    recording = Path(recording)
+    return recording.with_name(recording.stem.removesuffix('_eeg') + '_events.tsv')
 
 # %% ../nbs/api/01_tusz.ipynb #20458567
 @dataclass(frozen=True)
@@ -43,12 +48,13 @@ class EdfFile:
     def bname(self) -> str: return self.path.stem  # `<subject>_<session>_<token>`, unique in TUSZ
     @property
     def annotation(self) -> Path:
-        "The term-based reference: `.csv_bi` (v2.0) or `.tse_bi` (v1.5.2)."
+        "The term-based reference: `.csv_bi` (v2.0), `.tse_bi` (v1.5.2) or the `_events.tsv` beside a BIDS recording."
+        if self.layout == 'bids': return events_path(self.path)
         return self.path.with_suffix(ANNOTATION_SUFFIXES[self.layout][0])
     @property
-    def type_annotation(self) -> Path:
-        "The file that gives the seizure types: `.csv` (v2.0) or `.tse` (v1.5.2)."
-        return self.path.with_suffix(ANNOTATION_SUFFIXES[self.layout][1])
+    def type_annotation(self) -> Path | None:
+        "The file that gives the seizure types: `.csv` (v2.0) or `.tse` (v1.5.2); None for BIDS (its types: the events)."
+        return None if self.layout == 'bids' else self.path.with_suffix(ANNOTATION_SUFFIXES[self.layout][1])
     @property
     def csv_bi(self) -> Path: return self.path.with_suffix('.csv_bi')
     @property
@@ -78,9 +84,10 @@ def parse_edf_path(path: Path, root: Path) -> EdfFile:
 
 # %% ../nbs/api/01_tusz.ipynb #3c2137b9
 def reference_beside(path) -> Path | None:
-    "The term-based reference beside a recording, `.csv_bi` (v2.0) or `.tse_bi` (v1.5.2); None when there is none."
-    return next((p for suffixes in ANNOTATION_SUFFIXES.values()
-                 if (p := Path(path).with_suffix(suffixes[0])).exists()), None)
+    """The reference beside a recording: `.csv_bi` (v2.0), `.tse_bi` (v1.5.2) or a BIDS `_events.tsv`; None when there
+    is none."""
+    candidates = [Path(path).with_suffix(suffixes[0]) for suffixes in ANNOTATION_SUFFIXES.values()]
+    return next((p for p in (*candidates, events_path(path)) if p.exists()), None)
 
 # %% ../nbs/api/01_tusz.ipynb #b745d601
 def _one_recording_per_stem(paths: list[Path]) -> None:

@@ -67,3 +67,27 @@ def tiny(corpus, out, **kw):
 def building(cls):
     "A stand-in for `train.build_detector` that builds `cls`, a `Detector` subclass with a fault planted."
     return lambda cfg, edge_clamp=True: cls(cfg.model_copy(update=dict(edge_clamp=edge_clamp)))
+
+
+@pytest.fixture(scope='module')
+def averaged(corpus, tmp_path_factory):
+    """best.pt of the tiny detector trained on the synthetic TUSZ corpus re-referenced to the common average, as SzCORE's
+    recordings are (tests/test_bids.py, tests/test_benchmark.py)."""
+    out = tmp_path_factory.mktemp('run_avg')
+    p = tiny({**corpus, 'cache_dir': str(out / 'cache')}, out, reference='common_average')
+    from brain_go_brrr.train import train  # the suites that need no training do not import it
+    train(p)
+    return p.run_dir / 'best.pt'
+
+
+@pytest.fixture(scope='module')
+def as_recorded(averaged, tmp_path_factory):
+    """The same weights as a model trained on TUSZ as recorded: `reference: as_recorded` and the input references a
+    training on the synthetic corpus records (`-REF` and `-LE`), saved as training saves a checkpoint."""
+    from brain_go_brrr.checkpoints import load_checkpoint, save_checkpoint
+    ck, out = load_checkpoint(averaged), tmp_path_factory.mktemp('run_ref')
+    ck['params'] |= dict(reference='as_recorded', output_dir=str(out), cache_dir=str(out / 'cache'))
+    ck['references'] = ['LE', 'REF']
+    path = out / 'best.pt'
+    save_checkpoint(path, ck)
+    return path

@@ -10,9 +10,9 @@ from epilepsy2bids.annotations import Annotations
 from jsonschema import Draft7Validator, ValidationError
 from torch.utils.cpp_extension import get_default_build_root
 
-from brain_go_brrr.benchmark import SZCORE_SFREQ, write_szcore_edf
+from brain_go_brrr.synth import SZCORE_SFREQ, write_szcore_edf
 from brain_go_brrr.cli import main
-from test_detect import checkpoint, detect  # noqa: F401 (the trained tiny detector, and detect's command)
+from test_detect import detect
 
 SZCORE = Path(__file__).parent / 'data' / 'szcore'  # schema.json, from esl-epfl/szcore
 # The lines of SzCORE's config/template.Dockerfile (esl-epfl/szcore at 51d1ded) that make its container contract
@@ -36,22 +36,22 @@ def recording(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def detected(checkpoint, recording, tmp_path_factory):  # noqa: F811
+def detected(averaged, recording, tmp_path_factory):
     "`detect`'s .tsv of the recording, at the dev operating point (10 FA/24h) and at a threshold of 0.3."
     out = {}
     for name, point in (('dev', ()), ('0.3', ('--threshold', 0.3))):
         folder = tmp_path_factory.mktemp(f'detect{name}')
-        r = detect('--checkpoint', checkpoint, recording, '--out', folder, '--no-figures', *point)
+        r = detect('--checkpoint', averaged, recording, '--out', folder, '--no-figures', *point)
         assert r.returncode == 0, r.stderr
         out[name] = folder / (recording.stem + '.tsv')
     return out
 
 
 @pytest.fixture(scope='module')
-def package(checkpoint, tmp_path_factory):  # noqa: F811
+def package(averaged, tmp_path_factory):
     "What `szcore-package` writes for the trained detector at its dev operating point."
     out = tmp_path_factory.mktemp('package') / 'szcore'
-    r = run('szcore-package', '--checkpoint', checkpoint, '--out', out, '--image', IMAGE, '--author', 'Doe, Jane, EPFL',
+    r = run('szcore-package', '--checkpoint', averaged, '--out', out, '--image', IMAGE, '--author', 'Doe, Jane, EPFL',
             '--author', 'Roe, Richard', '--dataset', 'TUH EEG Seizure Corpus v2.0.3',
             '--repository', 'https://example.org/brain-go-brrr')
     assert r.returncode == 0, r.stderr
@@ -59,11 +59,11 @@ def package(checkpoint, tmp_path_factory):  # noqa: F811
     return out
 
 
-def test_szcore_writes_what_detect_writes_and_epilepsy2bids_reads_it(checkpoint, recording, detected,  # noqa: F811
+def test_szcore_writes_what_detect_writes_and_epilepsy2bids_reads_it(averaged, recording, detected,
                                                                      tmp_path):
     for name, point in (('dev', ()), ('0.3', ('--threshold', 0.3))):
         tsv = tmp_path / name / 'out.tsv'  # its folder is created
-        r = run('szcore', recording, tsv, '--checkpoint', checkpoint, *point)
+        r = run('szcore', recording, tsv, '--checkpoint', averaged, *point)
         assert r.returncode == 0, r.stderr
         assert f'wrote {tsv}' in r.stdout and r.stdout.count('\n') == 1
         assert tsv.read_bytes() == detected[name].read_bytes()
@@ -75,7 +75,7 @@ def test_szcore_writes_what_detect_writes_and_epilepsy2bids_reads_it(checkpoint,
     assert Annotations.loadTsv(str(tmp_path / '0.3' / 'out.tsv')).getEvents(), 'a 3-Hz rhythm of 200 s at 0.3'
 
 
-def test_bad_input_and_unwritable_output_are_one_line_and_leave_no_tsv(checkpoint, recording, tmp_path,  # noqa: F811
+def test_bad_input_and_unwritable_output_are_one_line_and_leave_no_tsv(averaged, recording, tmp_path,
                                                                        capsys):
     (tmp_path / 'notes.edf').write_text('not an EDF\n')
     (tmp_path / 'afile').write_text('')
@@ -85,7 +85,7 @@ def test_bad_input_and_unwritable_output_are_one_line_and_leave_no_tsv(checkpoin
              (recording, tmp_path / 'afile' / 'd.tsv', 'afile: cannot write'),
              (recording, tmp_path, 'a folder; give the path of the .tsv')]
     for edf, tsv, says in cases:  # in this process: cli.main prints what `python -m brain_go_brrr` prints
-        assert main(['szcore', str(edf), str(tsv), '--checkpoint', str(checkpoint)]) == 1
+        assert main(['szcore', str(edf), str(tsv), '--checkpoint', str(averaged)]) == 1
         out, err = capsys.readouterr()
         assert out == '' and len(err.strip().splitlines()) == 1 and says in err and err.startswith('szcore: '), err
     assert not list(tmp_path.glob('*.tsv'))
@@ -153,15 +153,17 @@ def test_the_cmd_runs_in_the_package_layout_and_writes_what_detect_writes(packag
     assert 'the network was used at run time' in where.stderr  # the guard holds
 
 
-def test_package_refusals_are_one_line_and_write_nothing(checkpoint, tmp_path, capsys):  # noqa: F811
+def test_package_refusals_are_one_line_and_write_nothing(averaged, as_recorded, tmp_path, capsys):
     (tmp_path / 'busy').mkdir()
     (tmp_path / 'busy' / 'notes.txt').write_text('mine')
-    base = ['szcore-package', '--checkpoint', str(checkpoint), '--author', 'Doe, Jane', '--dataset', 'TUSZ']
+    base = ['szcore-package', '--checkpoint', str(averaged), '--author', 'Doe, Jane', '--dataset', 'TUSZ']
     cases = [(['--out', tmp_path / 'a', '--image', 'brain-go-brrr'], 'REGISTRY/NAME:TAG'),
              (['--out', tmp_path / 'b', '--image', IMAGE, '--short-title', 'x' * 21], '1 to 20 characters'),
              (['--out', tmp_path / 'busy', '--image', IMAGE], 'not empty and not a package'),
              (['--out', tmp_path / 'c', '--image', IMAGE, '--operating-point', 7], 'not 7'),
              (['--out', tmp_path / 'd', '--image', IMAGE, '--author', 'Jane Doe'], 'Family names, Given names')]
+    # a model trained on TUSZ as recorded (-REF, -LE) would be refused on every one of SzCORE's -Avg recordings
+    cases.append((['--out', tmp_path / 'e', '--image', IMAGE, '--checkpoint', as_recorded], 'AVG-referenced'))
     for args, says in cases:
         assert main([*base, *map(str, args)]) == 1
         err = capsys.readouterr().err
