@@ -8,7 +8,10 @@ chapters=("$@")
 [ ${#chapters[@]} -gt 0 ] || chapters=(nbs/api/*.ipynb)
 for nb in "${chapters[@]}"; do
   echo "executing $nb"
-  jupyter nbconvert --log-level WARN --to notebook --execute --inplace "$nb"
+  # env.sh's Agg backend (for scripts and tests) would drop every figure a cell leaves to display: the kernel gets
+  # Jupyter's inline backend, so a chapter keeps the figures its prose shows
+  MPLBACKEND=module://matplotlib_inline.backend_inline \
+    jupyter nbconvert --log-level WARN --to notebook --execute --inplace "$nb"
   python - "$nb" <<'PY'
 import re, sys, nbformat
 nb = nbformat.read(sys.argv[1], 4)
