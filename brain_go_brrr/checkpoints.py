@@ -12,8 +12,8 @@ from .runs import atomic_write
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
-__all__ = ['log', 'CheckpointError', 'checksum_path', 'sha256_of', 'save_checkpoint', 'load_checkpoint', 'unpickler_refusal',
-           'state_dict_in']
+__all__ = ['log', 'CheckpointError', 'checksum_path', 'sha256_of', 'save_checkpoint', 'load_checkpoint', 'described',
+           'trained_checkpoint', 'weights_mismatch', 'load_weights', 'unpickler_refusal', 'state_dict_in']
 
 # %% ../nbs/api/08a_checkpoints.ipynb #bad6061c
 class CheckpointError(ValueError):
@@ -62,6 +62,43 @@ def load_checkpoint(path) -> dict:
     except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise CheckpointError(f'{path}: not a checkpoint torch can read ({str(e).splitlines()[0][:120]}); '
                               f'{_instead(path)}') from None
+
+# %% ../nbs/api/08a_checkpoints.ipynb #c9a0b002
+def described(obj) -> str:
+    "What `torch.load` returned, in a few words: a bare state dict, or a dict with its first keys, or its type."
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return 'a bare state dict (weights only, as torch.save(model.state_dict(), path) writes)'
+    return f'a dict with keys {sorted(map(str, obj))[:8]}' if isinstance(obj, dict) else f'a {type(obj).__name__}'
+
+# %% ../nbs/api/08a_checkpoints.ipynb #c9a0b003
+def trained_checkpoint(path, needs: tuple) -> dict:
+    "The checkpoint at `path` (verified); one without each of `needs`, as `train` writes them, is a `CheckpointError`."
+    ck = load_checkpoint(path)
+    if missing := [k for k in needs if not isinstance(ck, dict) or k not in ck]:
+        raise CheckpointError(f'{path}: {described(ck)}, lacking {", ".join(map(repr, missing))}; give best.pt or '
+                              'last.pt as train writes them (weights, parameters and statistics together)')
+    return ck
+
+# %% ../nbs/api/08a_checkpoints.ipynb #c9a0b006
+def weights_mismatch(expected: dict, found: dict) -> str:
+    "The first difference between the model's state dict `expected` and the file's `found`, and how many there are."
+    shapes = [f'{k} is {tuple(found[k].shape)} in the file, {tuple(v.shape)} in the model its params build'
+              for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    missing = [f'{k} is missing' for k in expected if k not in found]
+    extra = [f'{k} is not in the model' for k in found if k not in expected]
+    differences = shapes + missing + extra
+    more = f' (and {len(differences) - 1} more)' if len(differences) > 1 else ''
+    return (differences[0] if differences else 'the weights do not load') + more
+
+# %% ../nbs/api/08a_checkpoints.ipynb #c9a0b007
+def load_weights(model: torch.nn.Module, state_dict: dict, path) -> torch.nn.Module:
+    "`model` with the weights of checkpoint `path`; weights the model's parameters do not describe are refused."
+    try: model.load_state_dict(state_dict)
+    except RuntimeError:
+        raise CheckpointError(f'{path}: its weights do not fit the model its params describe '
+                              f'({weights_mismatch(model.state_dict(), state_dict)}); use best.pt or last.pt as train '
+                              'wrote them, or train again') from None
+    return model
 
 # %% ../nbs/api/08a_checkpoints.ipynb #9000b514
 def unpickler_refusal(e: Exception) -> str:

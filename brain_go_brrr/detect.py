@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 from . import scoring
-from .checkpoints import CheckpointError, load_checkpoint
+from .checkpoints import CheckpointError, load_checkpoint, load_weights
 from .model import build_detector
 from .normalization import NormStats
 from .params import TrainParams
@@ -25,6 +25,7 @@ from .seizure_transformer import (RELEASED_POST, RELEASED_PROFILE, RELEASED_SWEE
                                                read_released_state_dict, released_config, released_events,
                                                released_probabilities)
 from .bids import DATA_FORMATS, EVENT_COLUMNS, read_events_tsv, seizure_spans
+from .runs import WriteError, atomic_write, atomic_write_text, check_writable, save_figure
 from .signal import EegReader, PreprocessedEeg, check_reference
 from .tusz import RECORDING_SUFFIXES, files_under, mask_events, reference_beside
 
@@ -165,8 +166,7 @@ def load_released_detector(path, device='cpu') -> LoadedDetector:
 def load_trained_detector(ck: dict, path, device='cpu') -> LoadedDetector:
     "The detector of a training checkpoint `ck`, its statistics, parameters, dev operating points and input references."
     p = TrainParams(**{'input_clip_sigma': None, **ck['params']})  # saved before the clip existed: trained without
-    model = build_detector(p.model, p.edge_clamp)
-    model.load_state_dict(ck['model'])
+    model = load_weights(build_detector(p.model, p.edge_clamp), ck['model'], path)  # weights of another size refused
     d = ck['norm_stats']
     stats = NormStats(d['mean'], d['std'], d['unit'], d['channels'], d['n_samples'], d['provenance'],
                       path=f'{path}:norm_stats')
@@ -239,9 +239,7 @@ def write_szcore_tsv(path, events, duration_s: float, start: datetime | None = N
     rows = [(a, b - a, 'sz', f'{c:.2f}') for a, b, c in events] or [(0.0, duration_s, 'bckg', 'n/a')]
     lines = ['\t'.join(TSV_COLUMNS)] + [f'{a:.2f}\t{d:.2f}\t{kind}\t{c}\tn/a\t{when}\t{duration_s:.2f}'
                                         for a, d, kind, c in rows]
-    path = Path(path)
-    path.write_text('\n'.join(lines) + '\n')
-    return path
+    return atomic_write_text(path, '\n'.join(lines) + '\n')
 
 # %% ../nbs/api/09a_detect.ipynb #d1e2f3a4
 def profile_probabilities(det: LoadedDetector, reader: EegReader, batch_size: int = 8, step: int = STEP) -> np.ndarray:
@@ -358,15 +356,16 @@ def write_figures(d: Detection, signal: PreprocessedEeg, channels: list[str], th
     plot_overview(d, threshold, ax)
     fig.tight_layout()
     png, pdf = stem.with_name(stem.name + '.png'), stem.with_name(stem.name + '.review.pdf')
-    fig.savefig(png, dpi=90)
-    with PdfPages(pdf) as pages:
-        pages.savefig(fig)
-        plt.close(fig)
-        for t0 in review_pages(d, page_s, max_pages):
-            page = plot_page(d, signal, channels, t0, page_s, threshold)
-            pages.savefig(page)
-            plt.close(page)
-    return [png, pdf]
+
+    def review(f):
+        with PdfPages(f) as pages:
+            pages.savefig(fig)
+            for t0 in review_pages(d, page_s, max_pages):
+                page = plot_page(d, signal, channels, t0, page_s, threshold)
+                pages.savefig(page)
+                plt.close(page)
+    try: return [save_figure(fig, png, dpi=90), atomic_write(pdf, review)]  # each whole or absent
+    finally: plt.close(fig)
 
 # %% ../nbs/api/09a_detect.ipynb #d61a2619
 def _inside(stem: Path) -> bool:
@@ -440,26 +439,26 @@ def detect_files(det: LoadedDetector, paths, out_dir, point: dict, device='cpu',
                  progress: bool = True, data_format: str | None = None) -> list[dict]:
     "Detect in every recording under `paths`; write each one's outputs under `out_dir`; one summary row each."
     device, out_dir, recordings = torch.device(device), Path(out_dir), recordings_to_detect(paths)  # refusals first
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / 'operating_point.json').write_text(json.dumps(
+    check_writable(out_dir)  # a read-only or full output folder is found before the first recording is read
+    atomic_write_text(out_dir / 'operating_point.json', json.dumps(
         dict(checkpoint=str(det.path), probability_rate_hz=det.params.sfreq / STEP, **point), indent=1))
     rows = []
     for path, rel in tqdm(recordings, desc='recordings', unit='file', disable=not progress):
         try:
             d, signal = detect_recording(det, path, point, device, batch_size, autocast_for(device, precision), unit)
             stem = out_dir / rel
-            stem.parent.mkdir(parents=True, exist_ok=True)
             write_csv_bi(stem.with_name(stem.name + '.csv_bi'), d.events, d.duration_s, bname=stem.name)
             write_szcore_tsv(stem.with_name(stem.name + '.tsv'), d.events, d.duration_s, d.start)
-            np.save(stem.with_name(stem.name + '.probs.npy'), d.probs)
+            atomic_write(stem.with_name(stem.name + '.probs.npy'), lambda f: np.save(f, d.probs))
             if figures: write_figures(d, signal, signal.reader.channels, point['threshold'], stem)
             rows.append(dict(recording=str(rel), status='ok', hours=d.duration_s / 3600, events=len(d.events),
                              seizure_s=d.seizure_s, max_prob=float(d.probs.max())))
             if (latencies := reference_latencies(d, data_format)) is not None: rows[-1]['onset_latency_s'] = latencies
+        except WriteError: raise  # the disk, not the recording: every next one would fail the same way
         except Exception as e:  # one unusable file is reported, the others go on
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             rows.append(dict(recording=str(rel), status=why if str(path) in why else f'{path}: {why}'))
-    (out_dir / 'detections.json').write_text(json.dumps(rows, indent=1))
+    atomic_write_text(out_dir / 'detections.json', json.dumps(rows, indent=1))
     return rows
 
 # %% ../nbs/api/09a_detect.ipynb #64f4662b

@@ -10,6 +10,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .runs import atomic_write_text
+
 # %% auto #0
 __all__ = ['POST_DEFAULTS', 'smooth_probs', 'post_params_with_defaults', 'probs_to_events_sweep', 'probs_to_events',
            'write_csv_bi', 'file_events', 'write_hypotheses']
@@ -135,9 +137,7 @@ def write_csv_bi(path, events, duration_s: float, bname: str | None = None) -> P
     if t != end: rows.append(f'TERM,{t},{end},bckg,1.0000')
     header = ['# version = csv_v1.0.0', f'# bname = {bname}', f'# duration = {end} secs',
               '# montage_file = nedc_eas_default_montage.txt', '#', 'channel,start_time,stop_time,label,confidence']
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text('\n'.join(header + rows) + '\n')
-    return path
+    return atomic_write_text(path, '\n'.join(header + rows) + '\n')  # whole or absent; its folder created
 
 # %% ../nbs/api/09_post.ipynb #ced4f4af
 def file_events(events, duration_s: float) -> list:
@@ -163,8 +163,8 @@ def write_hypotheses(out_dir, probs_by_token: Mapping[str, np.ndarray], sfreq: f
         write_csv_bi(out_dir / 'hyp' / f'{token}.csv_bi', file_events(events, duration), duration, bname=token)
         hyp_lines.append(f'hyp/{token}.csv_bi')
     hyp_list = out_dir / 'hyp.list'
-    hyp_list.write_text('\n'.join(hyp_lines) + '\n')
+    atomic_write_text(hyp_list, '\n'.join(hyp_lines) + '\n')
     if ref_paths is None: return None, hyp_list
     ref_list = out_dir / 'ref.list'
-    ref_list.write_text('\n'.join(str(Path(ref_paths[t]).resolve()) for t in probs_by_token) + '\n')
+    atomic_write_text(ref_list, '\n'.join(str(Path(ref_paths[t]).resolve()) for t in probs_by_token) + '\n')
     return ref_list, hyp_list

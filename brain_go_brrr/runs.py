@@ -13,7 +13,7 @@ if TYPE_CHECKING: from brain_go_brrr.params import TrainParams  # for the annota
 
 # %% auto #0
 __all__ = ['WRITE_FIXES', 'repository_root', 'at_repository_root', 'embedded_corpus', 'data_dir_of', 'cache_dir_of', 'WriteError',
-           'write_error', 'atomic_write', 'check_writable']
+           'write_error', 'atomic_write', 'atomic_write_text', 'save_figure', 'check_writable']
 
 # %% ../nbs/api/00b_runs.ipynb #92fad301
 def repository_root(start=None) -> Path:
@@ -79,10 +79,12 @@ def write_error(path, e: OSError) -> WriteError:
 
 # %% ../nbs/api/00b_runs.ipynb #f775190c
 def atomic_write(path, write) -> Path:
-    "Call `write(file)` on a temporary file beside `path`, then rename it into place; a failure leaves nothing."
+    """Call `write(file)` on a temporary file beside `path` (its folder created), then rename it into place; a failure
+    leaves nothing and raises `WriteError`."""
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, 'wb') as f: write(f)
         os.replace(tmp, path)
     except BaseException as e:
@@ -90,6 +92,16 @@ def atomic_write(path, write) -> Path:
         if isinstance(e, OSError): raise write_error(path, e) from e
         raise
     return path
+
+# %% ../nbs/api/00b_runs.ipynb #a7c1e0d2
+def atomic_write_text(path, text: str) -> Path:
+    "`text` written to `path` as UTF-8 by `atomic_write`."
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+# %% ../nbs/api/00b_runs.ipynb #a7c1e0d3
+def save_figure(fig, path, **kw) -> Path:
+    "`fig.savefig` by `atomic_write`, in the format `path`'s suffix names (`.png`, `.pdf`)."
+    return atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix[1:], **kw))
 
 # %% ../nbs/api/00b_runs.ipynb #e5998ff2
 def check_writable(folder) -> Path:

@@ -25,7 +25,7 @@ from .cache import (STATS_FILE, build_cache, cache_lock, check_cache_splits, ope
 from .datasets import WindowDataset, BalancedSeizureDataset, make_loader
 from .normalization import AuditReport, NormStats, compute_norm_stats, gate_normalization
 from .model import build_detector
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, load_weights, save_checkpoint, trained_checkpoint
 from .detect import STEP, clipping, dev_metrics, predict_cache, resolve_device
 from .reporting import flat_keys, log_scalars, tensorboard_writer, write_run
 from .runs import atomic_write, cache_dir_of, check_writable, data_dir_of
@@ -33,13 +33,14 @@ from .runs import atomic_write, cache_dir_of, check_writable, data_dir_of
 log = logging.getLogger('brain_go_brrr')
 
 # %% auto #0
-__all__ = ['log', 'NO_DECAY_MODULES', 'COUNTERS', 'RESUME_MAY_CHANGE', 'NONFINITE_BATCHES_KEPT', 'setup_distributed', 'barrier',
-           'rank0_decides', 'stats_are_current', 'stats_of_training_cache', 'Preflight', 'preflight', 'param_groups',
-           'warmup_cosine', 'seizure_loss', 'loss_of', 'dev_loss', 'sanitize_gradients', 'NanDebugger', 'clip_input',
-           'Step', 'train_step', 'Optimisation', 'dev_probabilities', 'TrainState', 'rng_state', 'set_rng_state',
-           'unwrap', 'checkpoint_of', 'resume_changes', 'resume', 'checkpoint_due', 'batches_after', 'windows_of_batch',
-           'save_nonfinite_batch', 'seed_everything', 'edges_clamped', 'monitored', 'TrainingDiverged', 'diagnosis',
-           'final_metrics', 'train', 'override_of', 'train_cli']
+__all__ = ['log', 'NO_DECAY_MODULES', 'COUNTERS', 'RESUME_MAY_CHANGE', 'RESUME_KEYS', 'NONFINITE_BATCHES_KEPT',
+           'setup_distributed', 'barrier', 'rank0_decides', 'stats_are_current', 'stats_of_training_cache', 'Preflight',
+           'preflight', 'param_groups', 'warmup_cosine', 'seizure_loss', 'loss_of', 'dev_loss', 'sanitize_gradients',
+           'NanDebugger', 'clip_input', 'Step', 'train_step', 'Optimisation', 'dev_probabilities', 'TrainState',
+           'rng_state', 'set_rng_state', 'unwrap', 'checkpoint_of', 'resume_changes', 'resume', 'resumable',
+           'checkpoint_due', 'batches_after', 'windows_of_batch', 'save_nonfinite_batch', 'seed_everything',
+           'edges_clamped', 'monitored', 'TrainingDiverged', 'diagnosis', 'final_metrics', 'train', 'override_of',
+           'train_cli']
 
 # %% ../nbs/api/08_train.ipynb #8a151a12
 def setup_distributed(device: torch.device, timeout_minutes: float = 30.0) -> tuple[int, int]:
@@ -410,6 +411,16 @@ def resume(saved: dict, model, opt: Optimisation, changes: dict, where: Path) ->
     log.info(f'resumed from {where} at epoch {state.epoch}, step {state.step}; changed: {changes}')
     return state
 
+# %% ../nbs/api/08_train.ipynb #b7d1e002
+RESUME_KEYS = ('model', 'optimizer', 'scheduler', 'scaler', 'rng', 'state', 'params')
+
+def resumable(last: Path, p: TrainParams) -> tuple[dict, dict]:
+    "Checkpoint `last` and what changed since; the checks of a resume, before any work, each a one-line refusal."
+    saved = trained_checkpoint(last, RESUME_KEYS)
+    changes = resume_changes(saved['params'], p, str(last))
+    load_weights(build_detector(p.model, p.edge_clamp), saved['model'], last)
+    return saved, changes
+
 # %% ../nbs/api/08_train.ipynb #68d5a894
 def checkpoint_due(p: TrainParams, since: float) -> bool:
     "`checkpoint_every_minutes` have passed since `since` (a `time.time()`)."
@@ -501,9 +512,7 @@ def train(p: TrainParams) -> dict:
     device = resolve_device(p.device)
     rank, world = setup_distributed(device, p.ddp_timeout_minutes)
     last, best = p.run_dir / 'last.pt', p.run_dir / 'best.pt'
-    # a damaged checkpoint or changed parameters are refused before any work
-    saved = load_checkpoint(last) if p.resume and last.exists() else None
-    changes = resume_changes(saved['params'], p, str(last)) if saved else {}
+    saved, changes = resumable(last, p) if p.resume and last.exists() else (None, {})
     if rank == 0: check_writable(p.run_dir)  # a read-only or full run folder is found before any work
     seed_everything(p.seed)
     checks = preflight(p, rank)

@@ -11,7 +11,7 @@ from pathlib import Path
 import mne
 import numpy as np
 import torch
-from .signal import read_eeg, preprocess, window_starts
+from .signal import SignalError, read_eeg, preprocess, window_starts
 from .tusz import recordings_under, subjects_in_several_splits
 from .cache import Cache, cache_files, open_cache, preprocessing_config
 
@@ -94,15 +94,21 @@ def split_by_subject(files: list[TuabFile], val_fraction: float = 0.2, seed: int
 
 # %% ../nbs/api/01b_tuab.ipynb #a7f3c2d2
 def preprocess_mne_fir(data: np.ndarray, sfreq: float, sfreq_out: float = 200.0, l_freq: float = 0.1,
-                       h_freq: float = 75.0, notch: float | None = 50.0) -> np.ndarray:
-    "The official EEGPT TUAB steps: MNE's FIR band-pass and notch at the native rate, then MNE's resampling."
+                       h_freq: float = 75.0, notch: float | None = 50.0, where='data') -> np.ndarray:
+    """The official EEGPT TUAB steps: MNE's FIR band-pass and notch at the native rate, then MNE's resampling; MNE's
+    refusal (a band past the recording's Nyquist frequency) is a `SignalError` naming `where` (its file)."""
     raw = mne.io.RawArray(np.asarray(data, np.float64), mne.create_info(len(data), sfreq, 'eeg'), verbose='error')
-    raw.filter(l_freq=l_freq, h_freq=h_freq, verbose='error')
-    if notch: raw.notch_filter(notch, verbose='error')
+    try:
+        raw.filter(l_freq=l_freq, h_freq=h_freq, verbose='error')
+        if notch: raw.notch_filter(notch, verbose='error')
+    except ValueError as e:
+        raise SignalError(f'{where}: at {sfreq:g} Hz, {e}; give h_freq below {sfreq / 2:g} Hz or leave the recording '
+                          'out') from None
     raw.resample(sfreq_out, verbose='error')
     return raw.get_data().astype(np.float32)
 
 # %% ../nbs/api/01b_tuab.ipynb #a7f3c2d3
+# both name `where` (the recording) in their refusals
 TUAB_FILTERS = {'butterworth': preprocess,           # the project's: resample, then Butterworth and IIR notch
                 'mne_fir': preprocess_mne_fir}       # the official EEGPT fine-tune's: MNE FIR, then resample
 
@@ -111,7 +117,7 @@ def load_tuab(f: TuabFile, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     "A TUAB recording preprocessed as `config` says, its label for every sample, and what its manifest entry records."
     data, sfreq_in, _ = read_eeg(f.path, config['montage'])
     x = TUAB_FILTERS[config.get('filters', 'butterworth')](data, sfreq_in, config['sfreq'], config['l_freq'],
-                                                           config['h_freq'], config['notch'])
+                                                           config['h_freq'], config['notch'], where=f.path)
     return x, np.full(x.shape[1], f.target, np.uint8), dict(split=f.split, session=f.session, montage=f.montage,
                                                              sfreq_in=sfreq_in, label=f.label)
 

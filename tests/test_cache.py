@@ -90,22 +90,42 @@ def _arrays(cache_dir):
     return {r.token: (np.array(c.signal(r)), np.array(c.labels(r))) for r in c.recordings}
 
 
+# A build whose pool workers stop once the cache holds `target` recordings (argv[1]): the test kills it then, with
+# `target` or `target + 1` recordings whole and the other worker's maybe half-written, however loaded the machine
+# (it waits on the recordings the build writes, not on a clock).
+STOPPING_BUILD = ("import sys, threading\nfrom pathlib import Path\nimport brain_go_brrr.cache as C\n"
+                  "from brain_go_brrr.cli import main\nreal, target = C.cache_recording, int(sys.argv[1])\n"
+                  "def stopping(f, cache_dir, *a, **kw):\n    done = real(f, cache_dir, *a, **kw)\n"
+                  "    if len(list(Path(cache_dir, 'recordings').glob('*.json'))) >= target: threading.Event().wait()\n"
+                  "    return done\n"
+                  "C.cache_recording = stopping\nmain(sys.argv[2:])")
+
+
+def cached(cache: Path) -> int: return len(list((cache / 'recordings').glob('*.json')))
+
+
 def test_killed_build_resumes_to_the_same_cache(tmp_path):
     corpus = synth_tusz(tmp_path / 'tusz', subjects=9, seed=4)
     reference = tmp_path / 'reference'
     build_cache(corpus, reference, 'train', progress=False)
     expected = _arrays(reference)
+    assert len(expected) == 9
     cache = tmp_path / 'cache'
-    cmd = CLI + ['build-cache', '--data-dir', corpus, '--cache-dir', cache, '--split', 'train', '--workers', '2']
-    kills = 0
-    for delay in (1.5, 0.6, 2.5, 0.9, 1.2):  # SIGKILL the whole process group at several moments
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(delay)
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL); kills += 1
-        p.wait()
-    assert kills >= 1
-    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    args = ['build-cache', '--data-dir', str(corpus), '--cache-dir', str(cache), '--split', 'train', '--workers', '2']
+    for target in (1, 3, 5, 7):  # SIGKILL the whole process group at several moments of the build
+        p = subprocess.Popen([sys.executable, '-c', STOPPING_BUILD, str(target), *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            give_up = time.monotonic() + 1800  # a hang guard only: the workers wait forever once `target` are cached
+            while cached(cache) < target:
+                assert p.poll() is None and time.monotonic() < give_up, f'stopped before {target} recordings'
+                time.sleep(0.05)
+            assert p.poll() is None  # at most target + 1 of the 9 are done: the build is still running when killed
+        finally:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        assert target <= cached(cache) <= target + 1
+    assert subprocess.run(CLI + args, capture_output=True).returncode == 0
     got = _arrays(cache)
     assert sorted(got) == sorted(expected)  # every recording exactly once
     for token, (x, y) in expected.items():

@@ -8,6 +8,7 @@ import brain_go_brrr.train as T
 from brain_go_brrr.signal import CHANNELS, TCP_PAIRS
 from brain_go_brrr.synth import write_edf
 from conftest import tiny
+from test_machine_integrity import read_only, run_limited, run_without_override  # noqa: F401 (a fixture)
 
 THIRD_PARTY = Path(__file__).parent / 'data' / 'third_party'
 
@@ -99,6 +100,65 @@ def test_two_recordings_that_would_write_the_same_files_are_refused_before_any_w
         eeg(tmp_path / d / 'x.edf', 256, 20)
     r = detect('--checkpoint', checkpoint, tmp_path / 'a' / 'x.edf', tmp_path / 'b' / 'x.edf', '--out', tmp_path / 'o')
     assert r.returncode == 1 and 'would write x.*' in r.stderr and not (tmp_path / 'o').exists()
+
+
+# --- issue 26: the machine fails, not the recording -----------------------------------------------------------
+
+def test_a_read_only_output_folder_is_refused_before_any_recording_is_read(checkpoint, tmp_path, read_only):
+    eeg(tmp_path / 'x.edf', 256, 20)
+    read_only.chmod(0o555)
+    r = run_without_override('detect', '--checkpoint', checkpoint, tmp_path / 'x.edf', '--out', read_only / 'out')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (f'detect: {read_only / "out"}: cannot write (Permission denied); you '
+                                                 'may not write there: choose a folder you can write to, or change its '
+                                                 'permissions'), r.stderr
+    assert 'recordings' not in r.stdout  # no summary: nothing was detected
+
+
+def test_a_full_disk_while_writing_detect_outputs_names_the_file_and_leaves_nothing_half_written(checkpoint,
+                                                                                                  tmp_path):
+    "The PNG of a recording does not fit: the run stops naming it; every file left is whole, none is temporary."
+    for name in ('a', 'b'): eeg(tmp_path / 'in' / f'{name}.edf', 256, 20)
+    r = run_limited(5_000, 'detect', '--checkpoint', checkpoint, tmp_path / 'in', '--out', tmp_path / 'out')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f'detect: {tmp_path / "out" / "a.png"}: cannot write') and 'free space' in line, r.stderr
+    left = sorted(f.name for f in (tmp_path / 'out').iterdir())
+    assert left == ['a.csv_bi', 'a.probs.npy', 'a.tsv', 'operating_point.json'], left  # stopped at a.png: b not begun
+    assert np.load(tmp_path / 'out' / 'a.probs.npy').shape == (20 * 256 // 16,)
+
+
+def test_a_bare_state_dict_or_weights_of_another_size_are_one_line_naming_the_file(checkpoint, tmp_path):
+    import torch
+    from brain_go_brrr.checkpoints import load_checkpoint, save_checkpoint
+    from brain_go_brrr.detect import load_detector
+    from brain_go_brrr.model import build_detector
+    eeg(tmp_path / 'x.edf', 256, 20)
+    torch.save(load_detector(checkpoint).model.state_dict(), tmp_path / 'bare.pt')  # the usual way to save a model
+    r = detect('--checkpoint', tmp_path / 'bare.pt', tmp_path / 'x.edf', '--out', tmp_path / 'o')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert f'detect: {tmp_path / "bare.pt"}: not a detector checkpoint' in r.stderr and 'best.pt' in r.stderr
+    ck = load_checkpoint(checkpoint)  # what train wrote, its weights swapped for a wider model's
+    ck['model'] = build_detector(load_detector(checkpoint).params.model.model_copy(update=dict(tcn_channels=32))
+                                 ).state_dict()
+    save_checkpoint(tmp_path / 'wider.pt', ck)
+    r = detect('--checkpoint', tmp_path / 'wider.pt', tmp_path / 'x.edf', '--out', tmp_path / 'o')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f'detect: {tmp_path / "wider.pt"}: its weights do not fit the model its params describe ('
+                           ) and ' in the file, ' in line and 'train again' in line, line
+
+
+def test_evaluate_refuses_an_output_folder_it_cannot_write_before_any_cache(checkpoint, tmp_path):
+    import papermill as pm
+    root = Path(__file__).parent.parent
+    (tmp_path / 'taken').write_text('')  # a file where the output folder should be
+    with pytest.raises(pm.PapermillExecutionError, match=r'taken/evaluate: cannot write .*a folder in the path is a '
+                                                         'file') as stopped:
+        pm.execute_notebook(str(root / 'nbs' / 'evaluate.ipynb'), str(tmp_path / 'evaluate.ipynb'), cwd=str(root),
+                            parameters=dict(checkpoint=str(checkpoint), output_dir=str(tmp_path / 'taken')),
+                            progress_bar=False)
+    assert 'build_cache(' not in stopped.value.source
 
 
 # glibc's moving mmap threshold keeps freed blocks resident at random; a fixed one makes peak memory repeatable

@@ -197,6 +197,32 @@ def test_a_recording_too_short_to_filter_is_not_called_flat_by_the_cache(tmp_pat
         load_tusz(parse_edf_path(edf, tmp_path), preprocessing_config(tmp_path, 'train'))
 
 
+@pytest.mark.parametrize('filters', ['butterworth', 'mne_fir'])
+def test_tuab_filters_name_the_recording_they_refuse(tmp_path, filters):
+    "TUAB's load gave the filters no `where`: a refusal named 'data', not the recording (TUSZ's cache names it)."
+    import re
+    from brain_go_brrr.cache import preprocessing_config
+    from brain_go_brrr.tuab import load_tuab, parse_tuab_path
+    d = tmp_path / 'edf' / 'train' / 'normal' / '01_tcp_ar'
+    d.mkdir(parents=True)
+    if filters == 'butterworth':  # too short to filter (and not flat: 10 samples of noise)
+        import edfio
+        noise = np.random.default_rng(0).normal(0, 20, (len(CHANNELS), 10))
+        edf = d / 'aaaaaaaa_s001_t000.edf'
+        edfio.Edf([edfio.EdfSignal(x, sampling_frequency=250, label=f'EEG {c}-REF', physical_dimension='uV',
+                                   physical_range=(-1000, 1000)) for x, c in zip(noise, CHANNELS)],
+                  data_record_duration=0.04).write(edf)
+        config = preprocessing_config(tmp_path, 'train', corpus='tuab')
+        why = r'10 samples \(0\.04 s\) at 250 Hz are too short to filter'
+    else:  # the official EEGPT steps' 75-Hz low-pass on a 125-Hz recording: past its Nyquist frequency
+        edf = write_edf(d / 'aaaaaaaa_s001_t000.edf', [f'EEG {c}-REF' for c in CHANNELS], sfreq=125.0)
+        config = {**preprocessing_config(tmp_path, 'train', sfreq=200.0, l_freq=0.1, h_freq=75.0, notch=50.0,
+                                          corpus='tuab'), 'filters': filters}
+        why = 'at 125 Hz, .*Nyquist.* give h_freq below 62.5 Hz'
+    with pytest.raises(SignalError, match=rf'^{re.escape(str(edf))}: {why}'):
+        load_tuab(parse_tuab_path(edf, tmp_path), config)
+
+
 @pytest.mark.parametrize('value', [b'abc', b'-1', b'0'])
 def test_a_damaged_sample_count_names_its_channel(tmp_path, value):
     edf = patch_signal_field(write_edf(tmp_path / 'count.edf'), 216, 8, {0: value})

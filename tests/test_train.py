@@ -176,7 +176,8 @@ def test_two_process_ddp_on_cpu(corpus, tmp_path):
     p = tiny(corpus, tmp_path, epochs=1, epoch_size=16)
     params.write_text(yaml.safe_dump(p.model_dump(mode='json')))
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29533',
+    # --standalone: torchrun binds a free port itself and holds it (a fixed port collided with other processes)
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                         '-m', 'brain_go_brrr', 'train', '-f', str(params)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / 'train' / 'metrics.json').read_text())
