@@ -16,4 +16,6 @@ if [ "${CI:-}" = true ]; then  # on a clean checkout, the package and README mus
   git diff --quiet --exit-code brain_go_brrr README.md || { git diff --stat; echo "brain_go_brrr/ or README.md differ from what nbs/ generates: run nbdev_export and tools/readme.sh, then commit" >&2; exit 1; }
 fi
 nbdev_test --n_workers "${NBDEV_WORKERS:-2}" --timing
-python -m pytest -q tests
+# the pytest files in parallel, one worker per core; each file's tests stay in one worker (--dist loadfile), so a
+# module's trained fixtures are built once, and no test depends on another file's
+python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile tests
